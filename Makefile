@@ -1,0 +1,47 @@
+# One command each, from a fresh clone: `make demo`, `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export LLMPPL_EXTENSIONS_DIR ?= $(CURDIR)/build/extensions
+
+.PHONY: install system-deps test test-fast demo bench cuda-check lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build first, pinned, so no dependency pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+system-deps:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; \
+	  else echo "graphviz's 'dot' is missing: sudo apt-get install graphviz" >&2; fi; }
+
+install: $(STAMP) system-deps
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+demo: install
+	# until `llmppl demo` exists: the ops benchmark at a small size
+	$(BIN)/python benchmarks/ops.py --lengths 512 1024 2048 --repeats 3
+
+bench: install
+	$(BIN)/python benchmarks/ops.py
+
+cuda-check:
+	bash scripts/cuda_check.sh
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf build .pytest_cache
