@@ -7,9 +7,11 @@
     ``scaled_dot_product_attention(is_causal=True)``;
 (c) the recurrent decoding step at context position 8192 vs 128.
 
-B=1, H=8, head dim 64, 256 features, float32. Times are medians of repeats; peak
-memory is measured in a fresh subprocess per cell (CPU: the rise of the resident-set
-high-water mark over the inputs; CUDA: ``max_memory_allocated``).
+B=1, H=8, head dim 64, 256 features, float32. Times are medians of repeats. Each
+method runs in a fresh subprocess per length, for its timing and again for its peak
+memory (CPU: the rise of the resident-set
+high-water mark over the inputs; CUDA: ``max_memory_allocated``), so no method pays for
+another's memory churn.
 
     python benchmarks/ops.py                      # the full table (L = 512 … 16k)
     python benchmarks/ops.py --lengths 512 1024   # a quick look
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -118,31 +121,52 @@ def peak_memory_child(method: str, L: int, device: str) -> int:
         return max(read_status("VmHWM:") - base, 0)
 
 
-def peak_memory(method: str, L: int, device: str) -> int:
+def time_child(method: str, L: int, repeats: int, device: str) -> list[float]:
+    """Run in a subprocess: seconds of ``repeats`` calls after one warm-up call."""
+    x = make_inputs(L, device)
+    with torch.no_grad():
+        METHODS[method](x)
+        return [time_once(METHODS[method], x, device) for _ in range(repeats)]
+
+
+def child(args: list[str], device: str, env: dict | None = None):
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", method, str(L), "--device", device],
+        [sys.executable, __file__, *args, "--device", device],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **(env or {})},
     )
-    return int(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def step_cost(position: int, device: str, repeats: int) -> float:
-    """Median seconds of one recurrent decoding step after a prefix of ``position`` tokens."""
-    x = make_inputs(position, device)
-    kf, ls = ops.favor_features(x["k"], x["proj"], is_query=False)
-    state = ops.FavorState.from_sequence(kf, ls, x["v"])
-    q_t = x["q"][:, :, -1]
-    times = []
+def peak_memory(method: str, L: int, device: str) -> int:
+    # A fixed mmap threshold makes glibc return every large block to the OS when freed,
+    # so the resident set follows live memory and its high-water mark is the peak.
+    return child(["--memory-child", method, str(L)], device, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+
+
+def step_costs(positions, device: str, repeats: int) -> dict:
+    """Median seconds of one recurrent decoding step after prefixes of each length.
+
+    The positions are timed alternately, so drift in the machine's speed hits all alike.
+    """
+    states, q_ts, proj = {}, {}, None
+    for pos in positions:
+        x = make_inputs(pos, device)
+        kf, ls = ops.favor_features(x["k"], x["proj"], is_query=False)
+        states[pos] = ops.FavorState.from_sequence(kf, ls, x["v"])
+        q_ts[pos], proj = x["q"][:, :, -1], x["proj"]
+    times = {pos: [] for pos in positions}
     with torch.no_grad():
         for _ in range(repeats):
-            sync(device)
-            t0 = time.perf_counter()
-            ops.favor_attention_step(q_t, q_t, q_t, state, projection=x["proj"])
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            for pos in positions:
+                sync(device)
+                t0 = time.perf_counter()
+                ops.favor_attention_step(q_ts[pos], q_ts[pos], q_ts[pos], states[pos], projection=proj)
+                sync(device)
+                times[pos].append(time.perf_counter() - t0)
+    return {pos: statistics.median(v) for pos, v in times.items()}
 
 
 def fmt_ms(s: float) -> str:
@@ -161,9 +185,14 @@ def main(argv=None) -> dict:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--memory-child", nargs=2, metavar=("METHOD", "L"), help=argparse.SUPPRESS)
+    p.add_argument("--time-child", nargs=3, metavar=("METHOD", "L", "REPEATS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
-        print(peak_memory_child(args.memory_child[0], int(args.memory_child[1]), args.device))
+        print(json.dumps(peak_memory_child(args.memory_child[0], int(args.memory_child[1]), args.device)))
+        return {}
+    if args.time_child:
+        method, L, reps = args.time_child
+        print(json.dumps(time_child(method, int(L), int(reps), args.device)))
         return {}
     device = args.device
     if device == "cuda":
@@ -181,16 +210,12 @@ def main(argv=None) -> dict:
     print(header)
     print("-" * len(header))
     for L in args.lengths:
-        x = make_inputs(L, device)
-        times = {name: [] for name in METHODS}
-        with torch.no_grad():
-            for fn in METHODS.values():
-                fn(make_inputs(64, device))  # warm-up (kernels loaded, caches hot)
-            reps = args.repeats if L <= 4096 else max(2, args.repeats // 2)
-            for _ in range(reps):
-                for name, fn in METHODS.items():  # interleaved: noise hits every method alike
-                    times[name].append(time_once(fn, x, device))
-        t = {name: statistics.median(v) for name, v in times.items()}
+        t = {}
+        for name in METHODS:
+            # each method in a fresh process: the performer-pytorch way releases
+            # gigabytes, and whatever runs after it in the same process pays for that
+            reps = args.repeats if (L <= 4096 or name != "performer_pytorch") else 2
+            t[name] = statistics.median(child(["--time-child", name, str(L), str(reps)], device))
         mem = {name: float("nan") for name in METHODS}
         if not args.no_memory:
             mem = {name: peak_memory(name, L, device) for name in METHODS}
@@ -205,8 +230,7 @@ def main(argv=None) -> dict:
             f" {fmt_mb(mem['ours_favor'])} {fmt_mb(mem['sdpa'])}",
             flush=True,
         )
-        del x
-    step = {pos: step_cost(pos, device, repeats=50) for pos in (128, 8192)}
+    step = step_costs((128, 8192), device, repeats=300)
     print(
         f"\n(c) recurrent step (N=1): position 128: {step[128] * 1e6:.0f} us, position 8192: "
         f"{step[8192] * 1e6:.0f} us, ratio {step[8192] / step[128]:.2f}"

@@ -13,7 +13,7 @@ torch.Size([1, 1, 4, 8])
 """
 
 from ._extension import available as extension_available
-from .favor import FavorAttention, FavorState, favor_attention, favor_attention_step
+from .favor import FavorAttention, FavorState, favor_attention, favor_attention_step, unfused_favor_attention
 from .features import favor_features, orthogonal_random_features
 from .linear_attention import DEFAULT_CHUNK, causal_linear_attention, linear_attention
 
@@ -28,4 +28,5 @@ __all__ = [
     "favor_features",
     "linear_attention",
     "orthogonal_random_features",
+    "unfused_favor_attention",
 ]

@@ -76,3 +76,28 @@ def register() -> None:
         return dx.to(x.dtype), dproj.to(projection.dtype)
 
     torch.library.register_autograd("llmppl::favor_features", features_backward, setup_context=features_setup)
+
+    @torch.library.register_fake("llmppl::favor_causal_attention")
+    def _(q, k, v, projection, chunk=DEFAULT_CHUNK):
+        return torch.empty_like(v)
+
+    def fused_setup(ctx, inputs, output):
+        q, k, v, projection, chunk = inputs
+        ctx.save_for_backward(q, k, v, projection)
+        ctx.chunk = chunk
+
+    def fused_backward(ctx, grad_out):
+        # Recompute through the unfused ops (features, then the causal op with its own
+        # backward): the fused kernel is a forward-only fast path of the same function.
+        from .favor import unfused_favor_attention
+
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:4]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(n) for t, n in zip(saved, needs, strict=True)]
+            out = unfused_favor_attention(*inputs, causal=True, chunk=ctx.chunk)
+            wanted = [t for t, n in zip(inputs, needs, strict=True) if n]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        return (*(next(grads) if n else None for n in needs), None)
+
+    torch.library.register_autograd("llmppl::favor_causal_attention", fused_backward, setup_context=fused_setup)

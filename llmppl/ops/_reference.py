@@ -33,6 +33,12 @@ def _exp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return diff.exp()
 
 
+def safe_den(den: torch.Tensor) -> torch.Tensor:
+    """The denominator, with 1 where no key has weight (the numerator is 0 there too):
+    the output is then 0 and its gradient finite, where ``g / tiny`` would overflow."""
+    return torch.where(den > 0, den, torch.ones_like(den)).clamp_min(torch.finfo(den.dtype).tiny)
+
+
 def favor_features(x: torch.Tensor, projection: torch.Tensor):
     """Positive random features with a per-row stabiliser.
 
@@ -64,7 +70,7 @@ def linear_attention(q_feat, k_feat, v, k_log_scale=None):
     kv = k.transpose(-1, -2) @ vv  # (..., M, D)
     num = q @ kv  # (..., L, D)
     den = q @ k.sum(-2).unsqueeze(-1)  # (..., L, 1)
-    return (num / den.clamp_min(torch.finfo(num.dtype).tiny)).to(dtype)
+    return (num / safe_den(den)).to(dtype)
 
 
 def causal_linear_attention(q_feat, k_feat, v, k_log_scale=None, *, chunk: int = DEFAULT_CHUNK):
@@ -120,4 +126,4 @@ def causal_linear_attention(q_feat, k_feat, v, k_log_scale=None, *, chunk: int =
     out = out + (qc @ states) * decay.unsqueeze(-1)
     out = out.reshape(*lead, n * chunk, D + 1)[..., :L, :]
     num, den = out[..., :D], out[..., D:]
-    return (num / den.clamp_min(torch.finfo(num.dtype).tiny)).to(dtype)
+    return (num / safe_den(den)).to(dtype)

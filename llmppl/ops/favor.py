@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import _extension
+from ._reference import safe_den
 from .features import favor_features, orthogonal_random_features
 from .linear_attention import DEFAULT_CHUNK, causal_linear_attention, linear_attention
 
@@ -46,6 +48,23 @@ def favor_attention(q, k, v, projection, *, causal: bool, chunk: int = DEFAULT_C
     >>> out = favor_attention(q, k, v, w, causal=True)
     >>> out.shape
     torch.Size([1, 2, 6, 8])
+    """
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, projection))
+    if causal and not needs_grad and q.device.type == "cpu" and _extension.load():
+        # fused: each chunk's features are computed in cache, never written to memory
+        # (forward only; for training the unfused ops with their own backward are faster)
+        return torch.ops.llmppl.favor_causal_attention(q, k, v, projection, chunk)
+    return unfused_favor_attention(q, k, v, projection, causal=causal, chunk=chunk)
+
+
+def unfused_favor_attention(q, k, v, projection, *, causal: bool, chunk: int = DEFAULT_CHUNK):
+    """:func:`favor_attention` as two steps, features then linear attention (the reference
+    the fused CPU kernel is tested against, and its backward).
+
+    >>> w = orthogonal_random_features(16, 4, generator=torch.Generator().manual_seed(0))
+    >>> x = torch.randn(1, 1, 3, 4)
+    >>> torch.allclose(unfused_favor_attention(x, x, x, w, causal=True), favor_attention(x, x, x, w, causal=True))
+    True
     """
     q_feat = favor_features(q, projection, is_query=True)
     k_feat, k_log_scale = favor_features(k, projection, is_query=False)
@@ -188,9 +207,10 @@ def favor_attention_step(q_t, k_t, v_t, state: FavorState, *, projection) -> tup
         z = state.z * rescale.unsqueeze(-1) + w
         state = FavorState(S, z, new_top)
     else:
-        state.S.mul_(rescale[..., None, None]).add_(w.unsqueeze(-1) * vf.unsqueeze(-2))
+        # one fused pass each, no [N, H, M, D] temporary
+        state.S.mul_(rescale[..., None, None]).addcmul_(w.unsqueeze(-1), vf.unsqueeze(-2))
         state.z.mul_(rescale.unsqueeze(-1)).add_(w)
         state.log_scale.copy_(new_top)
     num = (q_feat.unsqueeze(-2) @ state.S).squeeze(-2)  # (N, H, D)
     den = (q_feat * state.z).sum(-1, keepdim=True)
-    return (num / den.clamp_min(torch.finfo(num.dtype).tiny)).to(v_t.dtype), state
+    return (num / safe_den(den)).to(v_t.dtype), state

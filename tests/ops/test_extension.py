@@ -1,4 +1,5 @@
 """Building the extension, and the fallback when it cannot be built."""
+
 import os
 import subprocess
 import sys

@@ -160,3 +160,13 @@ def test_kernel_checks_its_inputs(kernel):
         kernel(q, k, v, ls[..., :-1], 64)
     with pytest.raises(RuntimeError, match="chunk >= 1"):
         kernel(q, k, v, ls, 0)
+
+
+def test_masked_leading_keys_give_finite_gradients_under_large_upstream_gradients():
+    q, k, v, ls = inputs(1, 2, 40, 8, dtype=torch.float32)
+    ls[..., :6] = -math.inf
+    for fn in (ops.causal_linear_attention, ref.causal_linear_attention):
+        xs = [t.clone().requires_grad_() for t in (q, k, v, ls)]
+        (fn(*xs) * torch.randn(1, 2, 40, 5, generator=torch.Generator().manual_seed(0)) * 1e6).sum().backward()
+        for x in xs[:3]:
+            assert torch.isfinite(x.grad).all()

@@ -16,4 +16,8 @@ TORCH_LIBRARY(llmppl, m) {
       "Tensor k_feat, Tensor v, Tensor k_log_scale, Tensor out, int chunk=64) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("favor_features(Tensor x, Tensor projection) -> (Tensor, Tensor)");
+  // features and causal attention fused (q, k: [..., L, d], projection: [m, d])
+  m.def(
+      "favor_causal_attention(Tensor q, Tensor k, Tensor v, Tensor projection, "
+      "int chunk=64) -> Tensor");
 }

@@ -14,86 +14,21 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../favor_common.h"
+#include "causal_scan.h"
 
 namespace llmppl {
 namespace {
 
 using at::Tensor;
 
-template <typename T>
-inline T exp_diff(T a, T b) {
-  // exp(a - b) for a <= b; b = -inf means "nothing seen yet": weight 0, never NaN.
-  if (std::isinf(b) && b < 0) return T(0);
-  return std::exp(a - b);
-}
-
-// Weights of one chunk, in place: w[i, j] *= exp(l_j - c_i) for j <= i, 0 above.
-template <typename T>
-void apply_causal_decay(T* w, int64_t ld, int64_t len, const T* l, const T* c) {
-  for (int64_t i = 0; i < len; ++i) {
-    T* row = w + i * ld;
-    const bool dead = std::isinf(c[i]) && c[i] < 0;
-    for (int64_t j = 0; j <= i; ++j) row[j] = dead ? T(0) : row[j] * std::exp(l[j] - c[i]);
-    for (int64_t j = i + 1; j < len; ++j) row[j] = T(0);
-  }
-}
-
-// rows[i, :] *= scale_i
-template <typename T>
-void scale_rows(T* rows, int64_t ld, int64_t n, int64_t cols, const T* scale) {
-  for (int64_t i = 0; i < n; ++i) {
-    T* r = rows + i * ld;
-    const T s = scale[i];
-    for (int64_t j = 0; j < cols; ++j) r[j] *= s;
-  }
-}
-
 struct Views {
-  Tensor q, k, va, l, c;  // [L, M], [L, M], [L, D+1], [L], [L]
+  Tensor q, k, v, l, c;  // [L, M], [L, M], [L, D] (forward) or [L, D+1] (backward: [v, 1]), [L], [L]
 };
 
-template <typename T>
-void forward_sequence(const Views& x, Tensor& out /* [L, D+1] */, int64_t C) {
-  const int64_t L = x.q.size(0), M = x.q.size(1), D1 = x.va.size(1);
-  auto opts = x.q.options();
-  Tensor S = at::zeros({M, D1}, opts);
-  Tensor w = at::empty({C, C}, opts);
-  Tensor inter = at::empty({C, D1}, opts);
-  Tensor kw = at::empty({C, M}, opts);
-  std::vector<T> decay(C);
-  const T* l = x.l.data_ptr<T>();
-  const T* c = x.c.data_ptr<T>();
-  T c_prev = -std::numeric_limits<T>::infinity();
-  for (int64_t t0 = 0; t0 < L; t0 += C) {
-    const int64_t len = std::min(C, L - t0);
-    Tensor qc = x.q.narrow(0, t0, len), kc = x.k.narrow(0, t0, len), vc = x.va.narrow(0, t0, len);
-    Tensor wc = w.narrow(0, 0, len).narrow(1, 0, len);
-    Tensor oc = out.narrow(0, t0, len);
-    // inside the chunk
-    at::mm_out(wc, qc, kc.t());
-    apply_causal_decay<T>(wc.data_ptr<T>(), C, len, l + t0, c + t0);
-    at::mm_out(oc, wc, vc);
-    // from the chunks before: exp(c_prev - c_t) * q_t S
-    if (t0 > 0) {
-      Tensor ic = inter.narrow(0, 0, len);
-      at::mm_out(ic, qc, S);
-      for (int64_t i = 0; i < len; ++i) decay[i] = exp_diff(c_prev, c[t0 + i]);
-      scale_rows<T>(ic.data_ptr<T>(), D1, len, D1, decay.data());
-      oc.add_(ic);
-    }
-    // state to the scale of this chunk's last running maximum
-    const T c_end = c[t0 + len - 1];
-    Tensor kwc = kw.narrow(0, 0, len);
-    kwc.copy_(kc);
-    for (int64_t i = 0; i < len; ++i) decay[i] = exp_diff(l[t0 + i], c_end);
-    scale_rows<T>(kwc.data_ptr<T>(), M, len, M, decay.data());
-    S.mul_(exp_diff(c_prev, c_end));
-    S.addmm_(kwc.t(), vc);
-    c_prev = c_end;
-  }
-}
+using namespace scan;
 
 template <typename T>
 void backward_sequence(
@@ -105,7 +40,7 @@ void backward_sequence(
     Tensor& dv,
     Tensor& dl,
     int64_t C) {
-  const int64_t L = x.q.size(0), M = x.q.size(1), D1 = x.va.size(1), D = D1 - 1;
+  const int64_t L = x.q.size(0), M = x.q.size(1), D1 = x.v.size(1), D = D1 - 1;
   auto opts = x.q.options();
   const T* l = x.l.data_ptr<T>();
   const T* c = x.c.data_ptr<T>();
@@ -117,15 +52,15 @@ void backward_sequence(
   Tensor tmp = at::empty({C, std::max(M, D1)}, opts);
   Tensor kw = at::empty({C, M}, opts);
   Tensor qz = at::empty({C}, opts);
-  std::vector<T> decay(C);
+  std::vector<T> decay(C), key_scratch(C);
   T c_prev = -std::numeric_limits<T>::infinity();
   // forward scan: denominators, the gradient of (num, den), dq
   for (int64_t t0 = 0; t0 < L; t0 += C) {
     const int64_t len = std::min(C, L - t0);
-    Tensor qc = x.q.narrow(0, t0, len), kc = x.k.narrow(0, t0, len), vc = x.va.narrow(0, t0, len);
+    Tensor qc = x.q.narrow(0, t0, len), kc = x.k.narrow(0, t0, len), vc = x.v.narrow(0, t0, len);
     Tensor wc = w.narrow(0, 0, len).narrow(1, 0, len), bc = b.narrow(0, 0, len).narrow(1, 0, len);
     at::mm_out(wc, qc, kc.t());
-    apply_causal_decay<T>(wc.data_ptr<T>(), C, len, l + t0, c + t0);
+    apply_causal_decay<T>(wc.data_ptr<T>(), C, len, l + t0, c + t0, key_scratch);
     Tensor qzc = qz.narrow(0, 0, len);
     at::mv_out(qzc, qc, S.select(1, D));
     for (int64_t i = 0; i < len; ++i) decay[i] = exp_diff(c_prev, c[t0 + i]);
@@ -137,6 +72,12 @@ void backward_sequence(
     for (int64_t i = 0; i < len; ++i) {
       T den = decay[i] * qzp[i];
       for (int64_t j = 0; j <= i; ++j) den += wp[i * C + j];
+      if (!(den > 0)) {
+        // no key has weight yet: the output is the constant 0 and gets no gradient
+        // (g / tiny would overflow, and inf times a zero weight is NaN)
+        for (int64_t d = 0; d <= D; ++d) gap[i * D1 + d] = 0;
+        continue;
+      }
       den = std::max(den, tiny);
       T dot = 0;
       for (int64_t d = 0; d < D; ++d) {
@@ -147,7 +88,7 @@ void backward_sequence(
     }
     Tensor gc = ga.narrow(0, t0, len);
     at::mm_out(bc, gc, vc.t());
-    apply_causal_decay<T>(bc.data_ptr<T>(), C, len, l + t0, c + t0);
+    apply_causal_decay<T>(bc.data_ptr<T>(), C, len, l + t0, c + t0, key_scratch);
     Tensor dqc = dq.narrow(0, t0, len);
     at::mm_out(dqc, bc, kc);
     if (t0 > 0) {
@@ -172,13 +113,13 @@ void backward_sequence(
   const int64_t last = ((L - 1) / C) * C;
   for (int64_t t0 = last; t0 >= 0; t0 -= C) {
     const int64_t len = std::min(C, L - t0);
-    Tensor qc = x.q.narrow(0, t0, len), kc = x.k.narrow(0, t0, len), vc = x.va.narrow(0, t0, len);
+    Tensor qc = x.q.narrow(0, t0, len), kc = x.k.narrow(0, t0, len), vc = x.v.narrow(0, t0, len);
     Tensor gc = ga.narrow(0, t0, len);
     Tensor wc = w.narrow(0, 0, len).narrow(1, 0, len), bc = b.narrow(0, 0, len).narrow(1, 0, len);
     at::mm_out(wc, qc, kc.t());
-    apply_causal_decay<T>(wc.data_ptr<T>(), C, len, l + t0, c + t0);
+    apply_causal_decay<T>(wc.data_ptr<T>(), C, len, l + t0, c + t0, key_scratch);
     at::mm_out(bc, gc, vc.t());
-    apply_causal_decay<T>(bc.data_ptr<T>(), C, len, l + t0, c + t0);
+    apply_causal_decay<T>(bc.data_ptr<T>(), C, len, l + t0, c + t0, key_scratch);
     Tensor dkc = dk.narrow(0, t0, len), dvc = dv.narrow(0, t0, len);
     at::mm_out(dkc, bc.t(), qc);
     at::mm_out(dvc, wc.t(), gc.narrow(1, 0, D));
@@ -212,16 +153,18 @@ Views sequence_views(
 }
 
 struct Prepared {
-  Tensor q, k, va, l, c;  // [B, L, M], [B, L, M], [B, L, D+1], [B, L], [B, L] in the accumulation dtype
+  Tensor q, k, v, l, c;  // [B, L, M], [B, L, M], [B, L, D] or [B, L, D+1], [B, L], [B, L] in the accumulation dtype
 };
 
-Prepared prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_scale, const AttnShape& s) {
+// with_ones: append a column of ones to v, whose running sums are the normaliser (backward)
+Prepared prepare(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& log_scale, const AttnShape& s, bool with_ones) {
   const auto acc = accumulate_type(q.scalar_type());
   Prepared p;
   p.q = q.reshape({s.batch, s.L, s.M}).to(acc).contiguous();
   p.k = k.reshape({s.batch, s.L, s.M}).to(acc).contiguous();
   auto vv = v.reshape({s.batch, s.L, s.D}).to(acc);
-  p.va = at::cat({vv, at::ones({s.batch, s.L, 1}, vv.options())}, 2).contiguous();
+  p.v = with_ones ? at::cat({vv, at::ones({s.batch, s.L, 1}, vv.options())}, 2).contiguous() : vv.contiguous();
   p.l = log_scale.reshape({s.batch, s.L}).to(acc).contiguous();
   p.c = std::get<0>(at::cummax(p.l, 1)).contiguous();
   return p;
@@ -233,19 +176,23 @@ Tensor causal_linear_attention_cpu(
   TORCH_CHECK(q.device().is_cpu(), "causal_linear_attention (CPU kernel): expected CPU tensors, got ", q.device());
   auto out_shape = v.sizes().vec();
   if (s.batch == 0 || s.L == 0 || s.D == 0) return at::zeros(out_shape, v.options());
-  auto p = prepare(q, k, v, log_scale, s);
-  Tensor acc_out = at::empty({s.batch, s.L, s.D + 1}, p.q.options());
+  auto p = prepare(q, k, v, log_scale, s, /*with_ones=*/false);
+  Tensor out = at::empty({s.batch, s.L, s.D}, p.q.options());
   AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "causal_linear_attention_cpu", [&] {
     at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        Tensor o = acc_out[i];
-        forward_sequence<scalar_t>(sequence_views(p.q, p.k, p.va, p.l, p.c, i), o, chunk);
+        Tensor o = out[i];
+        const Views x = sequence_views(p.q, p.k, p.v, p.l, p.c, i);
+        const scalar_t* l = x.l.data_ptr<scalar_t>();
+        const scalar_t* c = x.c.data_ptr<scalar_t>();
+        auto given = [&](int64_t t0, int64_t len) {
+          return ChunkInputs<scalar_t>{x.q.narrow(0, t0, len), x.k.narrow(0, t0, len), l + t0, c + t0};
+        };
+        forward_scan<scalar_t>(given, x.v, o, s.M, chunk);
       }
     });
   });
-  auto num = acc_out.narrow(2, 0, s.D);
-  auto den = acc_out.narrow(2, s.D, 1).clamp_min(std::numeric_limits<float>::min());
-  return (num / den).to(v.scalar_type()).reshape(out_shape);
+  return out.to(v.scalar_type()).reshape(out_shape);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> causal_linear_attention_backward_cpu(
@@ -267,7 +214,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_linear_attention_backward_cpu(
   Tensor dv = at::zeros({s.batch, s.L, s.D}, q.options().dtype(acc));
   Tensor dl = at::zeros({s.batch, s.L}, q.options().dtype(acc));
   if (s.batch > 0 && s.L > 0 && s.M > 0) {
-    auto p = prepare(q, k, v, log_scale, s);
+    auto p = prepare(q, k, v, log_scale, s, /*with_ones=*/true);
     Tensor g = grad_out.reshape({s.batch, s.L, s.D}).to(acc).contiguous();
     Tensor o = out.reshape({s.batch, s.L, s.D}).to(acc).contiguous();
     AT_DISPATCH_FLOATING_TYPES(p.q.scalar_type(), "causal_linear_attention_backward_cpu", [&] {
@@ -275,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_linear_attention_backward_cpu(
         for (int64_t i = begin; i < end; ++i) {
           Tensor dqi = dq[i], dki = dk[i], dvi = dv[i], dli = dl[i];
           backward_sequence<scalar_t>(
-              sequence_views(p.q, p.k, p.va, p.l, p.c, i), g[i], o[i], dqi, dki, dvi, dli, chunk);
+              sequence_views(p.q, p.k, p.v, p.l, p.c, i), g[i], o[i], dqi, dki, dvi, dli, chunk);
         }
       });
     });

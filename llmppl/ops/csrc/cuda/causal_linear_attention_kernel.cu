@@ -4,11 +4,13 @@
 // Forward and backward are all one recurrence over time on an [M, D+1] state,
 //   R_t = decay_t * R_{t-1} + in_t * a_t b_t^T,     out_t = out_scale_t * R_t p_t,
 // run forwards (running sum S, for out, den and dq) or backwards (U, for dk and dv).
-// The state rows are independent, so one generic kernel does all four: each thread
-// owns one index i of the "own" vector a and keeps the row R[i, tile] of a 32-wide
-// tile of the "loop" dimension in registers; the product with p is then a sum inside
-// the thread (no shuffles), and the partial sums of the loop tiles meet through a
-// float32 (float64 for float64 inputs) atomicAdd into a zeroed buffer.
+// The state rows are independent, so one generic kernel does all four: each warp
+// takes one sequence, 32 indices i of the "own" vector a (one per lane) and a 32-wide
+// tile of the "loop" dimension; each lane keeps its row R[i, tile] in registers, so
+// the product with p is a sum inside the lane (no shuffles), and the partial sums of
+// the loop tiles meet through a float32 (float64 for float64 inputs) atomicAdd into
+// a zeroed buffer. A scan is latency-bound with few warps in all, so each block is
+// one warp: the warps spread over every SM.
 //
 // Every exponent is <= 0: key s enters step t as exp(l_s - c_s) * prod exp(c_{r-1} - c_r)
 // = exp(l_s - c_t) with c the running maximum of l, so no weight can overflow, and a
@@ -25,7 +27,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <limits>
 
 #include "../favor_common.h"
@@ -37,7 +38,7 @@ using at::Tensor;
 
 constexpr int kTile = 32;         // loop-dimension entries of the state per thread (registers)
 constexpr int kSteps = 32;        // time steps staged in shared memory per __syncthreads pair
-constexpr int kMaxThreads = 128;  // own-dimension entries per block
+constexpr int kThreads = 32;      // own-dimension entries per block: one warp
 constexpr int64_t kMaxGridYZ = 65535;
 
 // Rows of an [B, L, stride] contiguous tensor read as vectors of length size():
@@ -66,9 +67,10 @@ Operand<T> operand(const Tensor& t /* [B, L, stride] contiguous */, int64_t widt
   return Operand<T>{t.data_ptr<T>(), t.size(2), width, ones_col};
 }
 
-// One block: one sequence b (blockIdx.x), blockDim.x own indices (blockIdx.y), one
-// tile of kTile loop indices (blockIdx.z). Steps run t = 0..L-1, or L-1..0 if reverse.
-// out [B, L, own.size()] must be zeroed when gridDim.z > 1 (the tiles add up).
+// One block of kThreads: one sequence b (blockIdx.x), kThreads own indices
+// (blockIdx.y), one tile of kTile loop indices (blockIdx.z). Steps run t = 0..L-1,
+// or L-1..0 if reverse. out [B, L, own.size()] must be zeroed when gridDim.z > 1
+// (the tiles add up).
 template <typename acc_t, typename own_t, typename b_t, typename p_t>
 __global__ void scan_kernel(
     Operand<own_t> own,
@@ -82,16 +84,17 @@ __global__ void scan_kernel(
     bool reverse) {
   __shared__ acc_t b_s[kSteps][kTile];
   __shared__ acc_t p_s[kSteps][kTile];
+  __shared__ acc_t own_s[kSteps][kThreads];
   __shared__ acc_t decay_s[kSteps];
   __shared__ acc_t in_s[kSteps];
   __shared__ acc_t out_s[kSteps];
 
   const int64_t b = blockIdx.x;
-  const int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
   const int64_t j0 = static_cast<int64_t>(blockIdx.z) * kTile;
   const int64_t n_own = own.size();
   const int64_t n_loop = lb.size();
-  // Threads past the end still help stage shared memory and reach every barrier.
+  // Lanes past the end still help stage shared memory and reach every barrier.
   const bool active = i < n_own;
   const bool accumulate = gridDim.z > 1;
 
@@ -102,7 +105,7 @@ __global__ void scan_kernel(
   for (int64_t n0 = 0; n0 < L; n0 += kSteps) {
     const int steps = static_cast<int>(L - n0 < kSteps ? L - n0 : kSteps);
     __syncthreads();  // everyone is done with the previous steps' shared memory
-    for (int idx = threadIdx.x; idx < kSteps * kTile; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < kSteps * kTile; idx += kThreads) {
       const int tt = idx / kTile;
       const int r = idx % kTile;
       const int64_t j = j0 + r;
@@ -115,17 +118,23 @@ __global__ void scan_kernel(
       b_s[tt][r] = bv;
       p_s[tt][r] = pv;
     }
-    for (int tt = threadIdx.x; tt < steps; tt += blockDim.x) {
+    for (int tt = threadIdx.x; tt < steps; tt += kThreads) {
       const int64_t row = b * L + (reverse ? L - 1 - (n0 + tt) : n0 + tt);
       decay_s[tt] = decay[row];
       in_s[tt] = in_scale != nullptr ? in_scale[row] : acc_t(1);
       out_s[tt] = out_scale != nullptr ? out_scale[row] : acc_t(1);
     }
+    // This lane's own entries for all the steps, loaded up front so that the loads
+    // overlap instead of stalling the scan one step at a time.
+    for (int tt = 0; tt < steps; ++tt) {
+      const int64_t row = b * L + (reverse ? L - 1 - (n0 + tt) : n0 + tt);
+      own_s[tt][threadIdx.x] = active ? own.template load<acc_t>(row, i) : acc_t(0);
+    }
     __syncthreads();
 
     for (int tt = 0; tt < steps; ++tt) {
       const int64_t row = b * L + (reverse ? L - 1 - (n0 + tt) : n0 + tt);
-      const acc_t a = active ? own.template load<acc_t>(row, i) * in_s[tt] : acc_t(0);
+      const acc_t a = own_s[tt][threadIdx.x] * in_s[tt];
       const acc_t d = decay_s[tt];
       acc_t sum = acc_t(0);
 #pragma unroll
@@ -161,8 +170,7 @@ void launch_scan(
   TORCH_INTERNAL_ASSERT(lp.size() == n_loop);
   TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.numel() == batch * L * n_own);
   if (batch == 0 || L == 0 || n_own == 0 || n_loop == 0) return;  // nothing to add: out stays 0
-  const int64_t threads = std::min<int64_t>(kMaxThreads, (n_own + 31) / 32 * 32);
-  const int64_t own_blocks = (n_own + threads - 1) / threads;
+  const int64_t own_blocks = (n_own + kThreads - 1) / kThreads;
   const int64_t loop_tiles = (n_loop + kTile - 1) / kTile;
   TORCH_CHECK(
       batch <= std::numeric_limits<int32_t>::max() && own_blocks <= kMaxGridYZ && loop_tiles <= kMaxGridYZ,
@@ -170,7 +178,7 @@ void launch_scan(
       n_own, " x ", n_loop, " state");
   const dim3 grid(
       static_cast<unsigned>(batch), static_cast<unsigned>(own_blocks), static_cast<unsigned>(loop_tiles));
-  scan_kernel<acc_t, own_t, b_t, p_t><<<grid, static_cast<unsigned>(threads), 0, at::cuda::getCurrentCUDAStream()>>>(
+  scan_kernel<acc_t, own_t, b_t, p_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       own,
       lb,
       lp,
@@ -183,22 +191,28 @@ void launch_scan(
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// out[row, d] = numden[row, d] / max(numden[row, D], FLT_MIN), cast to the output dtype
-// (FLT_MIN for float64 too, as on the CPU).
+// out[row, d] = numden[row, d] / max(numden[row, D], tiny), cast to the output dtype;
+// tiny is the smallest normal number of the accumulation dtype, as on the CPU.
 template <typename scalar_t, typename acc_t>
-__global__ void normalise_kernel(const acc_t* __restrict__ numden, scalar_t* __restrict__ out, int64_t rows, int64_t D) {
+__global__ void normalise_kernel(
+    const acc_t* __restrict__ numden /* [rows, D+1] */,
+    scalar_t* __restrict__ out /* [rows, D] */,
+    int64_t rows,
+    int64_t D,
+    acc_t tiny) {
   const int64_t n = rows * D;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n; idx += step) {
     const int64_t row = idx / D, d = idx % D;
     acc_t den = numden[row * (D + 1) + D];
-    den = den > acc_t(FLT_MIN) ? den : acc_t(FLT_MIN);
+    den = den > tiny ? den : tiny;
     out[idx] = static_cast<scalar_t>(numden[row * (D + 1) + d] / den);
   }
 }
 
 // Per-position scalars of the scans, in the accumulation dtype, [B, L] each.
 struct Scales {
+  Tensor c;            // c_t = max_{s<=t} l_s
   Tensor w;            // exp(l_t - c_t): a key's weight at its own step
   Tensor decay_fwd;    // exp(c_{t-1} - c_t), 0 at t = 0
   Tensor decay_rev;    // exp(c_t - c_{t+1}), 0 at t = L-1
@@ -214,6 +228,7 @@ Scales scales(const Tensor& l /* [B, L] acc dtype */) {
   const Tensor c = std::get<0>(at::cummax(l, 1));
   const auto inf = std::numeric_limits<double>::infinity();
   Scales s;
+  s.c = c;
   s.w = exp_diff(l, c).contiguous();
   const Tensor c_prev = at::cat({at::full({B, 1}, -inf, c.options()), c.narrow(1, 0, L - 1)}, 1);
   s.decay_fwd = exp_diff(c_prev, c).contiguous();
@@ -259,7 +274,7 @@ Tensor causal_linear_attention_cuda(
     const int threads = 256;
     const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 65535);
     normalise_kernel<scalar_t, acc_t><<<static_cast<unsigned>(blocks), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        numden.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s.batch * s.L, s.D);
+        numden.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), s.batch * s.L, s.D, std::numeric_limits<acc_t>::min());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out.reshape(v.sizes());
@@ -313,7 +328,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> causal_linear_attention_backward_cuda
           const Tensor den_c = den.clamp_min(std::numeric_limits<acc_t>::min());
           const Tensor g = grad_out.reshape({s.batch, s.L, s.D}).to(acc);
           const Tensor o = out.reshape({s.batch, s.L, s.D}).to(acc);
-          const Tensor ga = at::cat({g / den_c, -(g * o).sum(2, /*keepdim=*/true) / den_c}, 2).contiguous();
+          // Where c_t = -inf every key so far is masked: out_t is the constant 0, so ga_t
+          // is 0, not g_t / FLT_MIN, which may overflow and turn 0 weights into NaN.
+          const Tensor ga = at::where(
+                                at::isneginf(sc.c).unsqueeze(2),
+                                at::zeros({}, g.options()),
+                                at::cat({g / den_c, -(g * o).sum(2, /*keepdim=*/true) / den_c}, 2))
+                                .contiguous();
           const auto gao = operand<acc_t>(ga, s.D + 1, false);
 
           // dq_t[m] = sum_j ga_t[j] S_t[m, j]  (forward scan, thread per feature m)
