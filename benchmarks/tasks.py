@@ -1,0 +1,67 @@
+"""Held-out greedy accuracy of the shipped Performer checkpoint, per task format.
+
+Greedy decoding, exact match of the final answer, ``--n`` held-out problems per row
+(never seen in training: :func:`llmppl.models.tasks.is_held_out`). The scratchpad rows
+run the two-step cascade of DESIGN.md (work up to the newline, then the answer).
+
+    python benchmarks/tasks.py                 # the shipped checkpoint, 500 per row
+    python benchmarks/tasks.py --checkpoint runs/performer/final --n 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from llmppl.models import load_pretrained
+from llmppl.models.train import evaluate
+
+# (metric, what it measures, target from the issue or None for "report")
+ROWS = [
+    ("scratchpad_3", "scratchpad addition, 3 digits", 0.99),
+    ("scratchpad_5", "scratchpad addition, 5 digits", 0.97),
+    ("scratchpad_6", "scratchpad addition, 6 digits", 0.95),
+    ("scratchpad_7", "scratchpad addition, 7 digits (beyond training)", None),
+    ("scratchpad_8", "scratchpad addition, 8 digits (beyond training)", None),
+    ("direct_2", "direct addition, 2 digits", None),
+    ("direct_5", "direct addition, 5 digits", None),
+    ("verifier", "verifier of worked solutions (balanced yes/no)", 0.97),
+    ("calculator_call", "calculator: well-formed call", 0.95),
+    ("calculator_answer", "calculator: answer given the result", 0.98),
+    ("si_step", "selection-inference: single steps valid", 0.90),
+    ("si_answer", "selection-inference: final answer after gold steps", None),
+    ("twenty_answerer", "twenty questions: answerer (held-out phrasings)", 0.95),
+    ("twenty_questioner", "twenty questions: questioner's next move = policy", None),
+]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the shipped one)")
+    p.add_argument("--n", type=int, default=500, help="held-out problems per row")
+    p.add_argument("--batch", type=int, default=125, help="sequences decoded together")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", nargs="*", default=None, help="metric names to run (default: all)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lm = load_pretrained(args.checkpoint)
+    print(
+        f"# {args.checkpoint or 'shipped checkpoint'}: {lm.num_parameters() / 1e6:.2f}M params, "
+        f"greedy, {args.n} held-out problems per row"
+    )
+    print("| task | accuracy | target | met | seconds |\n|---|---|---|---|---|")
+    for metric, label, target in ROWS:
+        if args.only and metric not in args.only:
+            continue
+        t0 = time.perf_counter()
+        acc = evaluate(lm, metric, args.n, batch=args.batch)
+        met = "" if target is None else ("yes" if acc >= target else "**no**")
+        tgt = "report" if target is None else f">= {target:.0%}"
+        print(f"| {label} | {acc:.1%} | {tgt} | {met} | {time.perf_counter() - t0:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

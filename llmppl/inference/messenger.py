@@ -1,0 +1,170 @@
+"""The replay-and-stop messenger: one particle's program, re-executed up to its next LM call.
+
+Protocol of one round for one particle (see :mod:`llmppl.inference.engine`):
+
+1. every site whose value is known is replayed (``msg["value"]``, ``msg["done"] = True``);
+2. other non-LM latent sites sample as usual and their values are recorded (they are
+   replayed, never redrawn, in later rounds);
+3. the first ``LM`` site that needs work the engine batches across particles (a latent
+   site without a value, an observed or guide-provided site without a score) raises
+   :class:`Stop`, which unwinds the program.
+
+Every site reached is recorded (:class:`SiteRecord`), and the sequence of sites (with
+the prompts of LM sites) is checked against the previous round's: a program that does
+not reach the same sites in the same order under replay uses randomness outside
+``pyro.sample`` and cannot be replayed.
+
+>>> import pyro, pyro.distributions as dist
+>>> from llmppl.distributions import LM
+>>> from llmppl.models import ToyLM
+>>> def model():
+...     z = pyro.sample("z", dist.Bernoulli(0.5))
+...     return pyro.sample("s", LM("ab", model=ToyLM(), max_tokens=2))
+>>> m = ReplayStopMessenger({}, {})
+>>> try:
+...     with m:
+...         model()
+... except Stop as stop:
+...     print(stop.name, stop.kind, [s.name for s in m.sites])
+s sample ['z']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyro.poutine.messenger import Messenger
+
+from llmppl.distributions import LM, IIDStrings
+
+__all__ = ["ReplayError", "ReplayStopMessenger", "SiteRecord", "Stop"]
+
+
+class ReplayError(RuntimeError):
+    """The program reached different sites (or LM prompts) when re-executed with the same values.
+
+    >>> isinstance(ReplayError("x"), RuntimeError)
+    True
+    """
+
+
+class Stop(BaseException):
+    """Raised at the first LM site the engine must handle (``kind``: ``"sample"`` or ``"score"``).
+
+    A ``BaseException`` so that a user's ``except Exception`` cannot swallow it.
+
+    >>> Stop("s", "score", None, "yes").value
+    'yes'
+    """
+
+    def __init__(self, name: str, kind: str, fn: Any, value: Any = None, *, msg: dict | None = None):
+        super().__init__(name)
+        self.name = name
+        self.kind = kind
+        self.fn = fn
+        self.value = value
+        self.is_observed = bool(msg["is_observed"]) if msg is not None else kind == "score"
+        self.scale = msg["scale"] if msg is not None else 1.0
+        self.mask = msg["mask"] if msg is not None else None
+
+
+@dataclass
+class SiteRecord:
+    """One sample site reached by a run (what a Pyro trace node holds, and no more).
+
+    >>> SiteRecord("x", None, "ab", True, 1.0, None, (), False).is_observed
+    True
+    """
+
+    name: str
+    fn: Any
+    value: Any
+    is_observed: bool
+    scale: Any
+    mask: Any
+    cond_indep_stack: tuple
+    is_lm: bool
+
+
+def _trail_entry(name: str, fn) -> tuple:
+    return (name, fn.prompt) if isinstance(fn, LM) else (name, None)
+
+
+class ReplayStopMessenger(Messenger):
+    """Replay ``values``, record new latent values, stop at the next LM site needing work.
+
+    :param dict values: site name -> value; new non-LM latent values are added to it.
+    :param dict scores: site name -> log-probability of the LM value (cached batch scores).
+    :param provided: latent site names whose values came from outside (a guide): their
+        LM sites stop once to be scored.
+    :param tuple trail: the previous round's ``trail`` (checked, see the module docstring).
+
+    >>> ReplayStopMessenger({"x": "a"}, {}).values
+    {'x': 'a'}
+    """
+
+    def __init__(self, values: dict, scores: dict, *, provided=frozenset(), trail: tuple = ()):
+        super().__init__()
+        self.values = values
+        self.scores = scores
+        self.provided = provided
+        self.expected = trail
+        self.trail: list[tuple] = []
+        self.sites: list[SiteRecord] = []
+        self.last_site: str | None = None
+        self._names: set[str] = set()
+
+    def _pyro_sample(self, msg) -> None:
+        name, fn = msg["name"], msg["fn"]
+        self.last_site = name
+        if isinstance(fn, IIDStrings) and isinstance(getattr(fn, "base_dist", None), LM):
+            raise NotImplementedError(
+                f"site {name!r}: an LM inside a pyro.plate of size > 1 is not supported by the replay engine; "
+                "use a Python loop with one site per string"
+            )
+        entry = _trail_entry(name, fn)
+        k = len(self.trail)
+        if k < len(self.expected) and self.expected[k] != entry:
+            raise ReplayError(
+                f"site {name!r}: the model diverged under replay: expected site {self.expected[k][0]!r}"
+                + (" with the same prompt" if self.expected[k][0] == name else "")
+                + " at this point, as in the previous round. The model must be deterministic given its "
+                "pyro.sample values: randomness outside pyro.sample (Python's random, numpy.random, time) "
+                "cannot be replayed; draw it with pyro.sample instead"
+            )
+        self.trail.append(entry)
+        is_lm = isinstance(fn, LM)
+        if msg["is_observed"]:
+            if is_lm and name not in self.scores:
+                raise Stop(name, "score", fn, msg["value"], msg=msg)
+            return
+        if name in self.values:
+            msg["value"] = self.values[name]
+            msg["done"] = True
+            if is_lm and name in self.provided and name not in self.scores:
+                raise Stop(name, "score", fn, msg["value"], msg=msg)
+            return
+        if is_lm:
+            raise Stop(name, "sample", fn, msg=msg)
+
+    def _pyro_post_sample(self, msg) -> None:
+        name = msg["name"]
+        if name in self._names:
+            raise ValueError(f"site {name!r}: expected unique sample site names in one run, got {name!r} twice")
+        self._names.add(name)
+        is_lm = isinstance(msg["fn"], LM)
+        if not msg["is_observed"] and name not in self.values:
+            self.values[name] = msg["value"]
+        self.sites.append(
+            SiteRecord(
+                name,
+                msg["fn"],
+                msg["value"],
+                bool(msg["is_observed"]),
+                msg["scale"],
+                msg["mask"],
+                tuple(msg["cond_indep_stack"]),
+                is_lm,
+            )
+        )

@@ -1,0 +1,29 @@
+"""Language models (layer L1): the :class:`LanguageModel` interface and its backends.
+
+>>> from llmppl.models import ToyLM, LanguageModel
+>>> isinstance(ToyLM(), LanguageModel)
+True
+"""
+
+from .base import Completion, LanguageModel, State
+from .hf import HFCausalLM, load_smollm2
+from .performer import CheckpointError, PerformerConfig, PerformerLM, PerformerState
+from .pretrained import load_pretrained
+from .tokenizer import ByteTokenizer
+from .toy import CharTokenizer, ToyLM
+
+__all__ = [
+    "ByteTokenizer",
+    "CharTokenizer",
+    "CheckpointError",
+    "Completion",
+    "HFCausalLM",
+    "LanguageModel",
+    "PerformerConfig",
+    "PerformerLM",
+    "PerformerState",
+    "State",
+    "ToyLM",
+    "load_pretrained",
+    "load_smollm2",
+]

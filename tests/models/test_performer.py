@@ -1,0 +1,166 @@
+"""PerformerLM: forward vs decoding, batched prefill, state, checkpoints, bad input."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmppl.models import CheckpointError, LanguageModel, PerformerConfig, PerformerLM
+
+
+@pytest.fixture
+def lm():
+    torch.manual_seed(0)
+    model = PerformerLM(PerformerConfig.tiny(num_features=32)).eval()
+    with torch.no_grad():  # larger weights than the init, so the test sees real differences
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.2)
+    return model
+
+
+def _full_logprobs(lm, ids):
+    return torch.log_softmax(lm(torch.tensor([ids])).float(), -1)[0]
+
+
+def test_is_a_language_model(lm):
+    assert isinstance(lm, LanguageModel)
+    assert lm.encode_prompt("") == [lm.tokenizer.bos_id]
+
+
+def test_decoding_matches_forward(lm):
+    ids = lm.encode_prompt("Q: 12+34\nWork: 2+4=6 c0")
+    full = _full_logprobs(lm, ids)
+    state = lm.prefill([ids[:1]])
+    for t in range(1, len(ids)):
+        torch.testing.assert_close(lm.next_logprobs(state)[0], full[t - 1], atol=2e-5, rtol=1e-5)
+        state = lm.advance(state, torch.tensor([ids[t]]))
+    torch.testing.assert_close(lm.next_logprobs(state)[0], full[-1], atol=2e-5, rtol=1e-5)
+
+
+def test_prefill_mixed_lengths_in_one_call(lm):
+    prompts = [lm.encode_prompt(s) for s in ["", "ab", "a much longer prompt"]]
+    state = lm.prefill(prompts)
+    assert state.positions.tolist() == [len(p) for p in prompts]
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(lm.next_logprobs(state)[i], _full_logprobs(lm, p)[-1], atol=2e-5, rtol=1e-5)
+    # then one batched step continues each sequence correctly
+    nxt = torch.tensor([65, 66, 67])
+    state = lm.advance(state, nxt)
+    for i, p in enumerate(prompts):
+        want = _full_logprobs(lm, [*p, int(nxt[i])])[-1]
+        torch.testing.assert_close(lm.next_logprobs(state)[i], want, atol=2e-5, rtol=1e-5)
+
+
+def test_select_copies_and_advance_leaves_input(lm):
+    state = lm.prefill([lm.encode_prompt("xy")])
+    before = lm.next_logprobs(state).clone()
+    forks = state.select(torch.tensor([0, 0]))
+    out = lm.advance(forks, torch.tensor([1, 2]))
+    torch.testing.assert_close(lm.next_logprobs(state), before)
+    assert not torch.equal(out.logprobs[0], out.logprobs[1])
+    assert out.layers[0].S.shape[0] == 2
+
+
+def test_state_size_is_constant(lm):
+    short = lm.prefill([lm.encode_prompt("a")])
+    long = lm.prefill([lm.encode_prompt("a" * 300)])
+    assert short.nbytes_per_sequence() == long.nbytes_per_sequence()
+
+
+def test_longer_than_training_prompt_works(lm):
+    state = lm.prefill([lm.encode_prompt("z" * 5000)])
+    lp = lm.next_logprobs(lm.advance(state, torch.tensor([65])))
+    assert torch.isfinite(lp).all()
+    assert math.isclose(lp.exp().sum().item(), 1.0, rel_tol=1e-4)
+
+
+def test_sequence_tier_is_exact(lm):
+    completions = lm.sample(["Q:"] * 3, max_tokens=4, stop="\n", generator=torch.Generator().manual_seed(0))
+    scores = lm.score(["Q:"] * 3, [c.text for c in completions], max_tokens=4, stop="\n")
+    torch.testing.assert_close(
+        scores.float(), torch.tensor([c.log_prob for c in completions]).float(), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_generate_greedy_matches_argmax(lm):
+    out = lm.generate("abc", max_tokens=6, stop=None)
+    ids = lm.encode_prompt("abc")
+    generated = lm.tokenizer.encode(out)
+    for ch in generated:
+        assert int(_full_logprobs(lm, ids)[-1][:258].argmax()) == ch
+        ids.append(ch)
+    if len(generated) < 6:  # ended by EOS
+        assert int(_full_logprobs(lm, ids)[-1][:258].argmax()) == lm.tokenizer.eos_id
+
+
+def test_out_of_range_token_ids(lm):
+    with pytest.raises(ValueError, match="prompt token ids"):
+        lm.prefill([[256, 999]])
+    with pytest.raises(ValueError, match="tokens"):
+        lm.advance(lm.prefill([[256]]), torch.tensor([-1]))
+    with pytest.raises(ValueError, match="at least one token"):
+        lm.prefill([[]])
+
+
+def test_checkpoint_round_trip(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    back = PerformerLM.from_pretrained(tmp_path)
+    ids = torch.tensor([lm.encode_prompt("hello")])
+    torch.testing.assert_close(back(ids), lm(ids))
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["d_model"] == 32
+
+
+def test_checkpoint_shape_mismatch_names_tensor(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["blocks.0.qkv.weight"] = tensors["blocks.0.qkv.weight"][:, :-1].contiguous()
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.qkv\.weight.*shape"):
+        PerformerLM.from_pretrained(tmp_path)
+
+
+def test_checkpoint_config_mismatch(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    payload["config"]["d_model"] = 64
+    payload["config"]["n_heads"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=r"embed\.weight"):
+        PerformerLM.from_pretrained(tmp_path)
+
+
+def test_checkpoint_with_nan_refuses(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["norm.weight"][0] = float("nan")
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"norm\.weight.*NaN"):
+        PerformerLM.from_pretrained(tmp_path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        PerformerLM.from_pretrained(os.fspath(tmp_path))
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="d_model divisible by n_heads"):
+        PerformerConfig(d_model=30, n_heads=4)
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(0)
+    model = PerformerLM(PerformerConfig.tiny())
+    ids = torch.tensor([model.encode_prompt("abcabcabcabc")])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = model.loss(ids).item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = model.loss(ids)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
