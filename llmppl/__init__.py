@@ -14,6 +14,7 @@ from . import inference as infer  # llmppl.infer.Importance(...), as in DESIGN.m
 from .distributions import LM, Categorical, Delta, NextToken, get_default_model, set_default_model, use_model
 from .inference import SMC, Importance, InferenceError, Marginal, Posterior, Rejection
 from .models import ByteTokenizer, HFCausalLM, LanguageModel, PerformerLM, load_pretrained, load_smollm2
+from .render import model_graph, model_relations, render_model
 
 __all__ = [
     "LM",
@@ -37,8 +38,11 @@ __all__ = [
     "inference",
     "load_pretrained",
     "load_smollm2",
+    "model_graph",
+    "model_relations",
     "models",
     "ops",
+    "render_model",
     "set_default_model",
     "use_model",
 ]
