@@ -1,0 +1,69 @@
+"""The cascades of the Language Model Cascades paper (layer L4), written with llmppl's public API.
+
+One module per cascade, each with the cascade as a Pyro model (or a function built on
+one) and a ``run_example(...)`` that the tests call at tiny sizes (all listed in
+:data:`EXAMPLES`):
+
+- :mod:`~llmppl.cascades.scratchpads`: :func:`scratchpad`, ``question → thought → answer``;
+- :mod:`~llmppl.cascades.consistency`: :func:`self_consistency`, the answer's posterior mode;
+- :mod:`~llmppl.cascades.verifiers`: :func:`verified_scratchpad`, conditioned on an LM verifier;
+- :mod:`~llmppl.cascades.tools`: :func:`tool_use`, a calculator call evaluated by :func:`safe_calculator`;
+- :mod:`~llmppl.cascades.selection`: :func:`selection_inference`, k selection/inference steps;
+- :mod:`~llmppl.cascades.twenty`: :func:`twenty_questions`, questioner and answerer LMs;
+- :mod:`~llmppl.cascades.star`: :func:`star_rationales`, STaR's rationale generation and filtering,
+  and :func:`star_loop` with a pluggable fine-tuning step.
+
+>>> import string, pyro, llmppl
+>>> from llmppl.cascades import scratchpad
+>>> lm = llmppl.models.ToyLM(alphabet=string.printable)
+>>> post = llmppl.infer.Importance(scratchpad, num_samples=2, progress=False).run(
+...     "1+2", model=lm, max_work_tokens=3, max_answer_tokens=2)
+>>> sorted(post.site_names())
+['answer', 'work']
+>>> sorted(EXAMPLES)
+['scratchpad', 'selection_inference', 'self_consistency', 'star', 'tool_use', 'twenty_questions', 'verifier']
+"""
+
+from . import consistency, scratchpads, selection, star, tools, twenty, verifiers
+from .consistency import self_consistency
+from .scratchpads import scratchpad
+from .selection import selection_inference
+from .star import star_document, star_loop, star_rationales
+from .tools import ToolError, evaluate_expression, safe_calculator, tool_use
+from .twenty import infer_object, play, twenty_questions
+from .verifiers import verified_scratchpad
+
+EXAMPLES = {
+    "scratchpad": scratchpads.run_example,
+    "self_consistency": consistency.run_example,
+    "verifier": verifiers.run_example,
+    "tool_use": tools.run_example,
+    "selection_inference": selection.run_example,
+    "twenty_questions": twenty.run_example,
+    "star": star.run_example,
+}
+
+__all__ = [
+    "EXAMPLES",
+    "ToolError",
+    "consistency",
+    "evaluate_expression",
+    "infer_object",
+    "play",
+    "safe_calculator",
+    "scratchpad",
+    "scratchpads",
+    "selection",
+    "selection_inference",
+    "self_consistency",
+    "star",
+    "star_document",
+    "star_loop",
+    "star_rationales",
+    "tool_use",
+    "tools",
+    "twenty",
+    "twenty_questions",
+    "verified_scratchpad",
+    "verifiers",
+]

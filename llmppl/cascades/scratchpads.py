@@ -1,0 +1,104 @@
+r"""Scratchpads / chain of thought: ``question → thought → answer`` (Language Model Cascades, §3.1).
+
+The paper's figure 2 model: a thought :math:`T` drawn from the LM given the question
+:math:`Q`, then the answer :math:`A` drawn given both,
+
+.. math:: p(A \mid Q) = \sum_T p(A \mid Q, T)\, p(T \mid Q).
+
+Prompts follow the ``scratchpad`` training format of :mod:`llmppl.models.tasks`
+(``Q: 4721+385\nWork: 1+5=6 c0; ...\nA: 5106\n``). The prompts end with the space that
+follows ``Work:`` and ``A:``, so sampled values carry no leading space; with the
+byte-level tokenizer this is the same token sequence as the training text.
+
+>>> import string, pyro
+>>> from llmppl.models import ToyLM
+>>> lm = ToyLM(alphabet=string.printable)
+>>> pyro.set_rng_seed(0)
+>>> isinstance(scratchpad("1+2", model=lm, max_work_tokens=4, max_answer_tokens=2), str)
+True
+"""
+
+from __future__ import annotations
+
+import pyro
+
+import llmppl
+from llmppl import LM
+
+from ._common import answer_probs, example_model, seed_everything
+
+__all__ = ["answer_prompt", "run_example", "scratchpad", "work_prompt"]
+
+
+def work_prompt(question: str) -> str:
+    """The prompt of the thought site: ``"Q: {question}\\nWork: "``.
+
+    >>> work_prompt("12+34")
+    'Q: 12+34\\nWork: '
+    """
+    return f"Q: {question}\nWork: "
+
+
+def answer_prompt(question: str, work: str) -> str:
+    """The prompt of the answer site: ``"Q: {question}\\nWork: {work}\\nA: "``.
+
+    >>> answer_prompt("12+34", "2+4=6 c0; 1+3+0=4 c0")
+    'Q: 12+34\\nWork: 2+4=6 c0; 1+3+0=4 c0\\nA: '
+    """
+    return f"Q: {question}\nWork: {work}\nA: "
+
+
+def scratchpad(question: str, *, model=None, max_work_tokens: int = 96, max_answer_tokens: int = 16, temperature=1.0):
+    """The scratchpad cascade: sample the thought (site ``"work"``), then the answer (site ``"answer"``).
+
+    :param str question: e.g. ``"4721+385"``.
+    :param model: the language model (default: ``llmppl.use_model``'s).
+    :param int max_work_tokens: length limit of the thought.
+    :param int max_answer_tokens: length limit of the answer.
+    :param float temperature: sampling temperature of both sites.
+    :returns: the answer string.
+    """
+    work = pyro.sample(
+        "work", LM(work_prompt(question), model=model, stop="\n", max_tokens=max_work_tokens, temperature=temperature)
+    )
+    return pyro.sample(
+        "answer",
+        LM(
+            answer_prompt(question, work),
+            model=model,
+            stop="\n",
+            max_tokens=max_answer_tokens,
+            temperature=temperature,
+        ),
+    )
+
+
+def run_example(
+    question: str = "12+34",
+    *,
+    model=None,
+    num_particles: int = 8,
+    max_work_tokens: int = 48,
+    max_answer_tokens: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Importance-sample the scratchpad cascade on one question.
+
+    :param model: a language model; default: the shipped Performer checkpoint.
+    :returns: ``{"question", "posterior", "sample", "answer", "answers"}``: the
+        :class:`~llmppl.inference.Posterior`, one sampled trace's answer, the mode of the
+        answer marginal and the (whitespace-stripped) answer distribution.
+    """
+    seed_everything(seed)
+    lm = example_model(model)
+    post = llmppl.infer.Importance(scratchpad, num_samples=num_particles, progress=False).run(
+        question, model=lm, max_work_tokens=max_work_tokens, max_answer_tokens=max_answer_tokens
+    )
+    answers = answer_probs(post.marginal("answer"))
+    return {
+        "question": question,
+        "posterior": post,
+        "sample": post.sample(),
+        "answer": next(iter(answers)),
+        "answers": answers,
+    }

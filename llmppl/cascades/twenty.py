@@ -1,0 +1,181 @@
+r"""Twenty questions: a questioner LM and an answerer LM who knows a hidden object (Language Model Cascades, §3.5).
+
+The paper's multi-agent example: a hidden object :math:`O` is drawn from a prior, a
+questioner asks :math:`Q_t` given the dialogue so far, an answerer who sees :math:`O`
+replies :math:`A_t`, for up to 20 turns or until the questioner guesses:
+
+.. math:: p(O, Q_{1:T}, A_{1:T}) = p(O) \prod_t p_\text{ask}(Q_t \mid Q_{<t}, A_{<t})\, p_\text{ans}(A_t \mid O, Q_t).
+
+Conditioning on a played game's transcript (the questions and answers are observed)
+gives the posterior over the hidden object,
+:math:`p(O \mid Q, A) \propto p(O) \prod_t p_\text{ans}(A_t \mid O, Q_t)`.
+
+Sites: ``"object"`` (string :class:`~llmppl.distributions.Categorical` over the
+knowledge base of :mod:`llmppl.models.tasks`, uniform), then per turn ``"question_t"``
+(questioner LM; its value is the whole line, ``"Q: Can it fly?"`` or
+``"Guess: penguin"``) and ``"answer_t"`` (answerer LM), and ``"guess"`` (a ``Delta``)
+when the questioner guesses. Prompts follow the ``twenty_questioner``
+(``Twenty questions.\nQ: Is it an animal? A: yes\n...``) and ``twenty_answerer``
+(``Object: penguin. Q: Can it fly? A: no``) training formats.
+
+The answerer decodes greedily by default (``answerer_top_k=1``): it *knows* the object,
+so its answer is a function of it, and the posterior puts mass only on objects for which
+the answerer would have given every answer in the transcript. ``answerer_top_k=None``
+makes it a noisy answerer (every object keeps some mass).
+
+>>> import string, pyro
+>>> from llmppl.models import ToyLM
+>>> lm = ToyLM(alphabet=string.printable)
+>>> pyro.set_rng_seed(0)
+>>> game = play("cat", model=lm, objects=["cat", "dog"], max_turns=2, max_question_tokens=4)
+>>> game["object"], len(game["transcript"]) <= 2
+('cat', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+
+import llmppl
+from llmppl import LM
+from llmppl.distributions import Categorical, Delta
+from llmppl.models import tasks
+
+from ._common import example_model, seed_everything
+
+__all__ = ["OBJECTS", "answerer_prompt", "infer_object", "play", "questioner_prompt", "run_example", "twenty_questions"]
+
+OBJECTS: tuple[str, ...] = tuple(tasks.KNOWLEDGE_BASE)
+
+
+def questioner_prompt(history: Sequence[tuple[str, str]]) -> str:
+    """The questioner's prompt after ``(question, answer)`` turns.
+
+    >>> questioner_prompt([("Is it an animal?", "yes")])
+    'Twenty questions.\\nQ: Is it an animal? A: yes\\n'
+    """
+    return "Twenty questions.\n" + "".join(f"Q: {q} A: {a}\n" for q, a in history)
+
+
+def answerer_prompt(obj: str, question: str) -> str:
+    """The answerer's prompt: ``"Object: {obj}. Q: {question} A: "``.
+
+    >>> answerer_prompt("penguin", "Can it fly?")
+    'Object: penguin. Q: Can it fly? A: '
+    """
+    return f"Object: {obj}. Q: {question} A: "
+
+
+def twenty_questions(
+    transcript: Sequence[tuple[str, str]] | None = None,
+    *,
+    model=None,
+    answerer_model=None,
+    objects: Sequence[str] = OBJECTS,
+    max_turns: int = 20,
+    answerer_top_k: int | None = 1,
+    max_question_tokens: int = 48,
+):
+    """The game as a Pyro model; returns the hidden object.
+
+    :param transcript: ``None`` to play freely, or ``(question, answer)`` pairs to condition
+        on (the sites ``question_t``/``answer_t`` are then observed; the game has
+        ``len(transcript)`` turns; more than ``max_turns`` is a ``ValueError``).
+    :param model: the questioner LM (default: ``llmppl.use_model``'s).
+    :param answerer_model: the answerer LM (default: ``model``).
+    :param objects: the prior's support (uniform), default the whole knowledge base.
+    :param int max_turns: at most this many questions.
+    :param answerer_top_k: the answerer's ``top_k`` (``1``: greedy, it knows the object).
+    """
+    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+        raise ValueError(f"twenty_questions: max_turns: expected an int >= 1, got {max_turns!r}")
+    if transcript is not None and len(transcript) > max_turns:
+        raise ValueError(
+            f"twenty_questions: transcript: expected at most max_turns={max_turns} turns, got {len(transcript)}"
+        )
+    answerer_model = model if answerer_model is None else answerer_model
+    obj = pyro.sample("object", Categorical(list(objects)))
+    history: list[tuple[str, str]] = []
+    for t in range(max_turns):
+        observed_question = observed_answer = None
+        if transcript is not None:
+            if t >= len(transcript):
+                break
+            observed_question, observed_answer = f"Q: {transcript[t][0]}", transcript[t][1]
+        move = pyro.sample(
+            f"question_{t}",
+            LM(questioner_prompt(history), model=model, stop=[" A:", "\n"], max_tokens=max_question_tokens),
+            obs=observed_question,
+        )
+        if not move.startswith("Q: "):
+            pyro.sample("guess", Delta(move.removeprefix("Guess:").strip()))
+            break
+        question = move[len("Q: ") :]
+        answer = pyro.sample(
+            f"answer_{t}",
+            LM(answerer_prompt(obj, question), model=answerer_model, stop="\n", max_tokens=4, top_k=answerer_top_k),
+            obs=observed_answer,
+        )
+        history.append((question, answer))
+    return obj
+
+
+def play(hidden_object: str, **game_kwargs) -> dict:
+    """Play one game with ``hidden_object`` known to the answerer.
+
+    :param game_kwargs: passed to :func:`twenty_questions` (not ``transcript``).
+    :returns: ``{"object", "transcript", "guess", "turns"}``; ``guess`` is ``None`` when the
+        questioner never guessed.
+    """
+    conditioned = pyro.condition(twenty_questions, data={"object": hidden_object})
+    trace = pyro.poutine.trace(conditioned).get_trace(**game_kwargs)
+    transcript = []
+    for t in range(game_kwargs.get("max_turns", 20)):
+        if f"answer_{t}" not in trace.nodes:
+            break
+        question = trace.nodes[f"question_{t}"]["value"][len("Q: ") :]
+        transcript.append((question, trace.nodes[f"answer_{t}"]["value"]))
+    guess = trace.nodes["guess"]["value"] if "guess" in trace.nodes else None
+    return {"object": hidden_object, "transcript": transcript, "guess": guess, "turns": len(transcript)}
+
+
+def infer_object(transcript: Sequence[tuple[str, str]], *, num_particles: int = 256, **game_kwargs):
+    """The posterior over the hidden object given a transcript, by importance sampling from the prior.
+
+    :returns: ``(probs, posterior)``: object -> probability (sums to 1) and the
+        :class:`~llmppl.inference.Posterior`.
+    """
+    post = llmppl.infer.Importance(twenty_questions, num_samples=num_particles, progress=False).run(
+        list(transcript), **game_kwargs
+    )
+    return post.marginal("object").probs, post
+
+
+def run_example(
+    hidden_object: str = "penguin",
+    *,
+    model=None,
+    num_particles: int = 64,
+    objects: Sequence[str] = OBJECTS,
+    max_turns: int = 20,
+    max_question_tokens: int = 48,
+    seed: int = 0,
+) -> dict:
+    """Play a game with ``hidden_object``, then infer the hidden object from the transcript.
+
+    :param model: questioner and answerer; default: the shipped Performer checkpoint.
+    :returns: ``{"object", "transcript", "guess", "turns", "posterior", "map_object", "log_evidence"}``;
+        ``posterior`` maps objects to probabilities.
+    """
+    seed_everything(seed)
+    kwargs = {
+        "model": example_model(model),
+        "objects": list(objects),
+        "max_turns": max_turns,
+        "max_question_tokens": max_question_tokens,
+    }
+    game = play(hidden_object, **kwargs)
+    probs, post = infer_object(game["transcript"], num_particles=num_particles, **kwargs)
+    return {**game, "posterior": probs, "map_object": next(iter(probs)), "log_evidence": post.log_evidence}
