@@ -34,8 +34,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
 
 demo: install
-	# until `llmppl demo` exists: the ops benchmark at a small size
-	$(BIN)/python benchmarks/ops.py --lengths 512 1024 2048 --repeats 3
+	$(BIN)/llmppl demo
 
 bench: install
 	$(BIN)/python benchmarks/ops.py
