@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export LLMPPL_EXTENSIONS_DIR ?= $(CURDIR)/build/extensions
 
-.PHONY: install system-deps test test-fast demo bench cuda-check lint clean
+.PHONY: install system-deps test test-fast demo bench notebooks cuda-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/ops.py
+
+notebooks: install
+	# executes every notebook at full size into build/notebooks/, with HTML copies
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/run_notebooks.py
 
 cuda-check:
 	bash scripts/cuda_check.sh
