@@ -262,7 +262,9 @@ class Engine:
             if raise_if_all_dead:
                 self.check_alive(particles)
             if progress is not None:
+                # particles tend to finish together in the last round: show the rounds too
                 now = sum(p.done for p in particles)
+                progress.set_postfix_str(f"round {self.round}, {len(particles) - now} running", refresh=False)
                 progress.update(now - finished)
                 finished = now
         return particles
@@ -455,6 +457,9 @@ class _NoBar:
         pass
 
     def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
         pass
 
     def close(self) -> None:
