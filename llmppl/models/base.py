@@ -19,6 +19,13 @@ cache. A *remote* backend overrides only the sequence tier; its token tier raise
 old state ``select`` a copy first. Cached prefix states are only ever used through
 ``select``.
 
+Backends whose states join row-wise (``concat_states``; the Performer and ``ToyLM``)
+also keep a bounded LRU **continuation cache**: after ``sample``, each sequence's state
+is remembered under the tokens it consumed, and a later prompt that extends one (a
+cascade's next site: ``f"{prompt}{work}\nA:"``) resumes from it, advancing only the new
+tokens instead of prefilling the whole prompt. Set ``continuation_cache_rows = 0`` to
+turn it off.
+
 Decoding semantics (shared, exactly, by ``sample`` and ``score``):
 
 * each step's distribution is the model's next-token distribution with the
@@ -45,6 +52,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -58,6 +66,7 @@ __all__ = [
     "LanguageModel",
     "State",
     "check_decoding_args",
+    "concat_dataclass_states",
     "find_stop",
     "normalize_stop",
 ]
@@ -181,6 +190,34 @@ def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return cut
 
 
+def concat_dataclass_states(states: list) -> Any:
+    """Join decoding states row-wise: dataclasses whose fields are tensors with the rows
+    first, lists of such states, or non-tensor constants equal in every part.
+
+    >>> from llmppl.models.toy import ToyState
+    >>> concat_dataclass_states([ToyState(torch.zeros(2, 3)), ToyState(torch.ones(1, 3))]).hidden.shape
+    torch.Size([3, 3])
+    """
+    if not states:
+        raise ValueError("concat_dataclass_states: expected at least one state, got none")
+    first = states[0]
+    if len(states) == 1:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states, dim=0)
+    if isinstance(first, (list, tuple)):
+        if any(len(s) != len(first) for s in states):
+            raise ValueError("concat_dataclass_states: expected lists of equal length in every state")
+        return type(first)(concat_dataclass_states(list(parts)) for parts in zip(*states, strict=True))
+    if dataclasses.is_dataclass(first):
+        return type(first)(
+            **{f.name: concat_dataclass_states([getattr(s, f.name) for s in states]) for f in dataclasses.fields(first)}
+        )
+    if all(s == first for s in states[1:]):
+        return first
+    raise TypeError(f"concat_dataclass_states: cannot join values of type {type(first).__name__}")
+
+
 # ---------------------------------------------------------------- the interface
 
 
@@ -203,6 +240,12 @@ class LanguageModel:
     prefix_cache_size: int = 16
     #: groups of more distinct prompts than this are prefilled but not cached
     prefix_cache_max_prompts: int = 32
+    #: state rows kept after ``sample`` (LRU), so that a later prompt which extends a
+    #: sampled sequence (a cascade's next site) resumes from its state; ``0`` disables it.
+    #: Backends whose states :meth:`concat_states` can join set it.
+    continuation_cache_rows: int = 0
+    #: a continuation is resumed only when the new prompt adds at most this many tokens
+    continuation_max_suffix: int = 32
 
     # ---------------------------------------------------------- token tier
 
@@ -287,13 +330,77 @@ class LanguageModel:
         return cache
 
     def clear_prefix_cache(self) -> None:
-        """Forget every cached prefix state and memoised score (call after changing the weights).
+        """Forget every cached prefix and continuation state and memoised score (call after
+        changing the weights).
 
         >>> from llmppl.models.toy import ToyLM
         >>> ToyLM().clear_prefix_cache()
         """
         self._prefix_cache().clear()
+        self.__dict__.pop("_llmppl_continuations", None)
         self.__dict__.pop("_llmppl_score_memo", None)
+
+    def concat_states(self, states: list[State]) -> State:
+        """Join states row-wise (rows of ``states[0]`` first). The default joins dataclass
+        states field by field (:func:`concat_dataclass_states`).
+
+        >>> from llmppl.models.toy import ToyLM
+        >>> lm = ToyLM()
+        >>> len(lm.concat_states([lm.prefill([[3]]), lm.prefill([[3, 0], [3]])]))
+        3
+        """
+        return concat_dataclass_states(list(states))
+
+    def _continuations(self) -> _ContinuationCache:
+        cache = self.__dict__.get("_llmppl_continuations")
+        if cache is None:
+            cache = self.__dict__["_llmppl_continuations"] = _ContinuationCache()
+        return cache
+
+    def _remember_continuations(self, state: State, rows: list[int], keys: list[tuple]) -> None:
+        """Keep ``state``'s ``rows`` (copies) as the states after the token sequences ``keys``."""
+        cap = self.continuation_cache_rows
+        if cap <= 0 or not rows:
+            return
+        snap = state.select(torch.tensor(rows, dtype=torch.long))
+        self._continuations().add(snap, keys, cap)
+
+    def _resume_continuations(self, unique: list[tuple]) -> tuple[State, list[tuple]] | None:
+        """State rows for the prompts ``unique`` that extend a remembered continuation.
+
+        Returns ``(state, order)`` with one row per prompt of ``order`` (the prompts found,
+        advanced through their extra tokens), or ``None`` when none is found.
+        """
+        if self.continuation_cache_rows <= 0:
+            return None
+        cache = self.__dict__.get("_llmppl_continuations")
+        if cache is None or not cache.index:
+            return None
+        hits = {}
+        for u in unique:
+            found = cache.lookup(u, self.continuation_max_suffix)
+            if found is not None:
+                hits[u] = found
+        if not hits:
+            return None
+        by_suffix: dict[int, list[tuple]] = {}
+        for u, (_, _, length) in hits.items():
+            by_suffix.setdefault(len(u) - length, []).append(u)
+        parts, order = [], []
+        for suffix, group in sorted(by_suffix.items()):
+            by_entry: dict[int, list[tuple]] = {}
+            for u in group:
+                by_entry.setdefault(hits[u][0], []).append(u)
+            pieces, members = [], []
+            for entry_id, us in by_entry.items():
+                pieces.append(cache.take(entry_id, [hits[u][1] for u in us]))
+                members.extend(us)
+            st = pieces[0] if len(pieces) == 1 else self.concat_states(pieces)
+            for j in range(suffix):
+                st = self.advance(st, torch.tensor([u[hits[u][2] + j] for u in members], dtype=torch.long))
+            parts.append(st)
+            order.extend(members)
+        return (parts[0] if len(parts) == 1 else self.concat_states(parts)), order
 
     def prefill_prompts(self, prompts: list[str]) -> State:
         """One state row per prompt string, each distinct prompt prefilled once.
@@ -308,6 +415,9 @@ class LanguageModel:
         torch.Size([3, 4])
         """
         token_lists = [tuple(self.encode_prompt(p)) for p in prompts]
+        return self._prefill_tokens(token_lists)
+
+    def _prefill_tokens(self, token_lists: list[tuple]) -> State:
         position: dict[tuple, int] = {}
         for t in token_lists:
             position.setdefault(t, len(position))
@@ -315,8 +425,20 @@ class LanguageModel:
         key = tuple(unique)
         cache = self._prefix_cache()
         base = cache.get(key)
+        resumed = None if base is not None else self._resume_continuations(unique)
         if base is not None:
             cache.move_to_end(key)
+        elif resumed is not None:
+            # prompts that extend sampled sequences resume from their states; the rest are prefilled
+            base, order = resumed
+            found = set(order)
+            rest = [u for u in unique if u not in found]
+            if rest:
+                base = self.concat_states([base, self.prefill([list(u) for u in rest])])
+                order = order + rest
+            row_of = {u: r for r, u in enumerate(order)}
+            index = torch.tensor([row_of[t] for t in token_lists], dtype=torch.long)
+            return base.select(index)
         else:
             base = self.prefill([list(u) for u in unique])
             if self.prefix_cache_size > 0 and len(unique) <= self.prefix_cache_max_prompts:
@@ -389,7 +511,9 @@ class LanguageModel:
         read_t = torch.tensor(read_ids, dtype=torch.long)
         cum: list[list[float]] = [[0.0] for _ in range(n)]
         reads: list[list[list[float]]] = [[] for _ in range(n)]
-        state = self.prefill_prompts(prompts)
+        prompt_tokens = [tuple(self.encode_prompt(p)) for p in prompts]
+        state = self._prefill_tokens(prompt_tokens)
+        remember = 0 < n <= self.continuation_cache_rows
         generated: list[list[int]] = [[] for _ in range(n)]
         results: list[tuple[str, str]] = [("", "")] * n
         rows = list(range(n))  # batch row -> sequence index
@@ -404,6 +528,7 @@ class LanguageModel:
             if fast:
                 picked = lp.gather(1, sampled).squeeze(-1).to("cpu", torch.float64).tolist()
                 step_reads = lp[:, read_t.to(lp.device)].to("cpu", torch.float64).tolist()
+            done_rows: list[int] = []
             for r, i in enumerate(rows):
                 if not alive[r]:
                     continue
@@ -415,15 +540,21 @@ class LanguageModel:
                 if t == eos:
                     results[i] = (self._decode(generated[i][:-1]), "eos")
                     alive[r] = False
+                    done_rows.append(r)
                     continue
                 text = self._decode(generated[i])
                 cut = find_stop(text, stops) if stops else None
                 if cut is not None:
                     results[i] = (text[:cut], "stop")
                     alive[r] = False
+                    done_rows.append(r)
                 elif len(generated[i]) >= max_tokens:
                     results[i] = (text, "length")
                     alive[r] = False
+                    done_rows.append(r)
+            if remember and done_rows:  # the state before the last token: prompt + all but it
+                keys = [prompt_tokens[rows[r]] + tuple(generated[rows[r]][:-1]) for r in done_rows]
+                self._remember_continuations(state, done_rows, keys)
             live = [r for r, a in enumerate(alive) if a]
             if not live:
                 break
@@ -633,3 +764,47 @@ class LanguageModel:
         # a length-limited path ends by itself (log 1); the others end by a final read
         tail = torch.where(torch.tensor(plain, dtype=torch.bool), torch.zeros_like(final), final)
         return path_lp + tail
+
+
+class _ContinuationCache:
+    """Bounded LRU store of decoding-state rows keyed by the token sequence they consumed."""
+
+    def __init__(self):
+        self.entries: OrderedDict[int, tuple[Any, list[tuple]]] = OrderedDict()  # id -> (state, keys)
+        self.index: dict[tuple, tuple[int, int]] = {}  # tokens -> (entry id, row)
+        self.lengths: dict[int, int] = {}  # key length -> number of keys
+        self.rows = 0
+        self._next = 0
+
+    def add(self, state, keys: list[tuple], cap: int) -> None:
+        eid, self._next = self._next, self._next + 1
+        self.entries[eid] = (state, keys)
+        for r, k in enumerate(keys):
+            old = self.index.get(k)
+            if old is None:
+                self.lengths[len(k)] = self.lengths.get(len(k), 0) + 1
+            self.index[k] = (eid, r)
+        self.rows += len(keys)
+        while self.rows > cap and self.entries:
+            old_id, (_, old_keys) = self.entries.popitem(last=False)
+            self.rows -= len(old_keys)
+            for k in old_keys:
+                if self.index.get(k, (None,))[0] == old_id:
+                    del self.index[k]
+                    self.lengths[len(k)] -= 1
+                    if not self.lengths[len(k)]:
+                        del self.lengths[len(k)]
+
+    def lookup(self, tokens: tuple, max_suffix: int) -> tuple[int, int, int] | None:
+        """``(entry id, row, key length)`` of the longest remembered prefix of ``tokens``."""
+        n = len(tokens)
+        for length in sorted((k for k in self.lengths if n - max_suffix <= k <= n), reverse=True):
+            hit = self.index.get(tokens[:length])
+            if hit is not None:
+                return (*hit, length)
+        return None
+
+    def take(self, entry_id: int, rows: list[int]):
+        """Copies of rows of one entry (marked recently used)."""
+        self.entries.move_to_end(entry_id)
+        return self.entries[entry_id][0].select(torch.tensor(rows, dtype=torch.long))

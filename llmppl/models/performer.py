@@ -250,6 +250,10 @@ class PerformerLM(nn.Module, LanguageModel):
     torch.Size([1, 3, 259])
     """
 
+    #: fixed-size states join cheaply: keep up to this many sampled sequences' states so a
+    #: cascade's next prompt resumes from them (about 0.2 MB a row at the shipped size)
+    continuation_cache_rows = 1024
+
     def __init__(self, config: PerformerConfig | None = None):
         nn.Module.__init__(self)
         self.config = config = config if config is not None else PerformerConfig()

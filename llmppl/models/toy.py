@@ -107,6 +107,8 @@ class ToyLM(LanguageModel):
     torch.Size([2, 5])
     """
 
+    continuation_cache_rows = 1024
+
     def __init__(
         self,
         alphabet: str = "ab",
