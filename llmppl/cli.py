@@ -1,10 +1,12 @@
-"""The ``llmppl`` command line (layer L5): ``llmppl demo``, ``llmppl train ...``.
+"""The ``llmppl`` command line (layer L5): ``llmppl demo``, ``llmppl star``, ``llmppl train ...``.
 
 >>> args, rest = build_parser().parse_known_args(["train", "--out", "runs/x"])
 >>> args.command, rest
 ('train', ['--out', 'runs/x'])
 >>> build_parser().parse_args(["demo", "--problems", "3"]).problems
 3
+>>> build_parser().parse_args(["star", "--iterations", "4"]).iterations
+4
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
-__all__ = ["build_parser", "demo", "main"]
+__all__ = ["build_parser", "demo", "main", "star"]
 
-METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use")
+METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use")  # the demo's
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmppl", description="Language-model calls as Pyro distributions over strings."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train the Performer LM (see `llmppl train --help`)", add_help=False)
+    sub.add_parser(
+        "train",
+        help="train the Performer LM (`llmppl train --help`), or fine-tune one (`llmppl train finetune --help`)",
+        add_help=False,
+    )
     d = sub.add_parser(
         "demo",
         help="answer held-out additions with five cascades on the shipped model",
@@ -41,76 +46,59 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--particles", type=int, default=12, help="particles for self-consistency and SMC (default: 12)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.add_argument("--out", default="build/demo", help="folder for the graph (default: build/demo)")
+    st = sub.add_parser(
+        "star",
+        help="STaR: bootstrap longer scratchpads from known answers by fine-tuning the Performer",
+        description=(
+            "Self-Taught Reasoner on additions: each iteration samples scratchpads for training-split "
+            "problems with known answers, keeps those that reach the answer (rejection sampling), fine-tunes "
+            "the Performer on them, and measures held-out accuracy (one sampled scratchpad per problem, "
+            "temperature 1). Saves every iteration's model and history.json under --out. The intended start: "
+            "a model trained with scratchpads only up to 3 digits (`llmppl train --max-digits "
+            '\'{"scratchpad": 3, "verifier": 3}\'`).'
+        ),
+    )
+    st.add_argument("--init", default=None, help="checkpoint folder to start from (default: the shipped one)")
+    st.add_argument("--out", default="runs/star", help="folder for the models and history (default: runs/star)")
+    st.add_argument("--iterations", type=int, default=3, help="STaR iterations (default: 3)")
+    st.add_argument("--train-problems", type=int, default=64, help="known-answer problems per iteration (default: 64)")
+    st.add_argument("--held-out", type=int, default=32, help="held-out problems per evaluation (default: 32)")
+    st.add_argument("--digits", type=int, nargs="+", default=[4, 5, 6], help="operand lengths (default: 4 5 6)")
+    st.add_argument("--rationales", type=int, default=2, help="accepted rationales wanted per problem (default: 2)")
+    st.add_argument("--max-attempts", type=int, default=64, help="rejection runs per problem (default: 64)")
+    st.add_argument("--steps", type=int, default=100, help="fine-tuning steps per iteration (default: 100)")
+    st.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default: 3e-4)")
+    st.add_argument("--restart", action="store_true", help="fine-tune the starting model each time (STaR paper)")
+    st.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    st.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser
 
 
-def _runners(lm, d: int, particles: int) -> dict:
-    """One function per method: question ``"a+b"`` -> answer string (one draw, or a posterior mode)."""
-    import pyro
-
-    import llmppl
-    from llmppl.cascades import scratchpad, self_consistency, tool_use, verified_scratchpad
-
-    sizes = dict(model=lm, max_work_tokens=16 * d + 16, max_answer_tokens=d + 4)
-
-    def direct(q):
-        return pyro.sample("answer", llmppl.LM(f"Q: {q}\nA: ", model=lm, stop="\n", max_tokens=d + 4))
-
-    def once(program, *args, **kwargs):
-        return llmppl.infer.Importance(program, num_samples=1, progress=False).run(*args, **kwargs).sample()
-
-    def verifier_smc(q):
-        post = llmppl.infer.SMC(verified_scratchpad, num_particles=particles, progress=False).run(q, **sizes)
-        return max(post.marginal("answer").items(), key=lambda kv: kv[1])[0]
-
-    return {
-        "direct": lambda q: once(direct, q),
-        "scratchpad": lambda q: once(scratchpad, q, **sizes),
-        "self-consistency": lambda q: self_consistency(q, num_samples=particles, **sizes)[0],
-        "verifier+SMC": verifier_smc,
-        "tool use": lambda q: once(tool_use, f"What is {q.replace('+', ' plus ')}?", model=lm),
-    }
-
-
 def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, out: str = "build/demo") -> dict:
-    """Run the demo; returns ``{digits: {method: (accuracy, seconds)}}`` and prints a table."""
+    """Run the demo; returns ``{digits: {method: (accuracy, seconds)}}`` and prints a table.
+
+    The methods are :data:`METHODS`, run by :func:`llmppl.cascades.addition.compare`.
+    """
     import pyro
-    from tqdm.auto import tqdm
 
     import llmppl
-    from llmppl.cascades import verified_scratchpad
-    from llmppl.models import tasks
+    from llmppl.cascades import addition, verified_scratchpad
 
     for name, value in (("problems", problems), ("particles", particles)):
         if value < 1:
             raise ValueError(f"demo: {name}: expected >= 1, got {value}")
     lm = llmppl.load_pretrained()
-    pyro.set_rng_seed(seed)
     results: dict = {}
     for d in digits:
-        # held-out additions only: is_held_out keys never appear in training
-        probs = [
-            tasks.sample_problem("scratchpad", split="test", seed=seed, index=i, digits=d) for i in range(problems)
-        ]
-        questions = [f"{p.meta['a']}+{p.meta['b']}" for p in probs]
-        truths = [p.target for p in probs]
-        runners = _runners(lm, d, particles)
-        results[d] = {}
-        for method, run in runners.items():
-            start = time.perf_counter()
-            correct = 0
-            for q, truth in tqdm(list(zip(questions, truths, strict=True)), desc=f"{d} digits, {method}", leave=False):
-                try:
-                    correct += run(q).strip() == truth
-                except llmppl.InferenceError:
-                    pass  # every particle rejected: counts as wrong
-            results[d][method] = (correct / problems, time.perf_counter() - start)
+        questions = addition.held_out_additions(problems, d, seed=seed)
+        rows = addition.compare(lm, questions, METHODS, digits=d, seed=seed, particles=particles, progress=True)
+        results[d] = {m: (r["accuracy"], r["seconds"]) for m, r in rows.items()}
     os.makedirs(out, exist_ok=True)
     graph_file = os.path.join(out, "verifier_graph.svg")
     pyro.set_rng_seed(seed)
     llmppl.render_model(
         verified_scratchpad,
-        model_args=(questions[0],),
+        model_args=(questions[0][0],),
         model_kwargs=dict(model=lm, max_work_tokens=16, max_answer_tokens=4),
         filename=graph_file,
     )
@@ -125,6 +113,59 @@ def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, 
     return results
 
 
+def star(args: argparse.Namespace) -> list[dict]:
+    """Run ``llmppl star`` as configured by ``args`` (from :func:`build_parser`); returns the history.
+
+    >>> import tempfile
+    >>> from llmppl.models import PerformerConfig, PerformerLM
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     PerformerLM(PerformerConfig.tiny()).save_pretrained(f"{d}/init")
+    ...     sizes = ["--iterations", "1", "--train-problems", "1", "--held-out", "1", "--digits", "1"]
+    ...     args = build_parser().parse_args(["star", "--init", f"{d}/init", "--out", f"{d}/star", *sizes,
+    ...         "--max-attempts", "1", "--steps", "1"])
+    ...     [h["iteration"] for h in star(args)]  # doctest: +ELLIPSIS
+    STaR iteration 0: ...
+    [0, 1]
+    """
+    import torch
+
+    import llmppl
+    from llmppl.cascades import star_loop
+    from llmppl.cascades.star import addition_problems
+
+    for name in ("iterations", "train_problems", "held_out", "rationales", "max_attempts", "steps"):
+        if getattr(args, name) < (0 if name == "iterations" else 1):
+            raise ValueError(f"star: --{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _pyro_seed(args.seed)
+    lm = llmppl.load_pretrained(args.init)
+    train_problems = addition_problems(args.train_problems, args.digits, split="train", seed=args.seed)
+    held_out = addition_problems(args.held_out, args.digits, split="test", seed=args.seed)
+    _, history = star_loop(
+        train_problems,
+        held_out,
+        model=lm,
+        iterations=args.iterations,
+        num_rationales=args.rationales,
+        max_attempts=args.max_attempts,
+        max_work_tokens=16 * max(args.digits) + 16,
+        fine_tune_kwargs={"steps": args.steps, "lr": args.lr, "seed": args.seed},
+        restart=args.restart,
+        save_dir=args.out,
+        log=print,
+    )
+    print(f"\nmodels and history.json in {os.path.abspath(args.out)} (final/ is the last iteration's model)")
+    return history
+
+
+def _pyro_seed(seed: int) -> None:
+    """Seed Pyro and torch."""
+    import pyro
+
+    pyro.set_rng_seed(seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -135,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if rest:
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "star":
+        star(args)
+        return 0
     demo(args.problems, args.digits, args.particles, args.seed, args.out)
     return 0
 

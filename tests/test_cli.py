@@ -25,3 +25,25 @@ def test_demo_help_reads_well(capsys):
 def test_demo_rejects_bad_sizes():
     with pytest.raises(ValueError, match="problems"):
         cli.demo(problems=0)
+
+
+def test_star_runs_iterations_and_saves_a_loadable_model(tmp_path, capsys):
+    from llmppl.models import PerformerConfig, PerformerLM, load_pretrained
+
+    init, out = tmp_path / "init", tmp_path / "star"
+    PerformerLM(PerformerConfig.tiny()).save_pretrained(init)
+    argv = ["star", "--init", str(init), "--out", str(out), "--iterations", "2", "--train-problems", "2"]
+    argv += ["--held-out", "2", "--digits", "1", "--rationales", "1", "--max-attempts", "2", "--steps", "1"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "STaR iteration 2" in printed and "held-out accuracy" in printed
+    assert load_pretrained(out / "final").config.d_model == 32
+    assert (out / "history.json").exists()
+
+
+def test_star_help_and_bad_sizes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["star", "--help"])
+    assert "--max-digits" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="train-problems"):
+        cli.main(["star", "--train-problems", "0"])

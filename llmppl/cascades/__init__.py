@@ -11,7 +11,13 @@ one) and a ``run_example(...)`` that the tests call at tiny sizes (all listed in
 - :mod:`~llmppl.cascades.selection`: :func:`selection_inference`, k selection/inference steps;
 - :mod:`~llmppl.cascades.twenty`: :func:`twenty_questions`, questioner and answerer LMs;
 - :mod:`~llmppl.cascades.star`: :func:`star_rationales`, STaR's rationale generation and filtering,
-  and :func:`star_loop` with a pluggable fine-tuning step.
+  and :func:`star_loop`, which fine-tunes the Performer on them (or calls a fine-tuning step you pass).
+
+Prompts follow the Performer's training formats; :class:`PromptStyle` (module
+:mod:`~llmppl.cascades.prompts`) writes them for another model: a few-shot prefix
+(:func:`few_shot`) and the spacing of BPE tokenizers. Every cascade takes ``style=``.
+:mod:`~llmppl.cascades.addition` holds the held-out-addition methods that ``llmppl demo``
+and ``benchmarks/cascades.py`` compare.
 
 >>> import string, pyro, llmppl
 >>> from llmppl.cascades import scratchpad
@@ -24,11 +30,12 @@ one) and a ``run_example(...)`` that the tests call at tiny sizes (all listed in
 ['scratchpad', 'selection_inference', 'self_consistency', 'star', 'tool_use', 'twenty_questions', 'verifier']
 """
 
-from . import consistency, scratchpads, selection, star, tools, twenty, verifiers
+from . import addition, consistency, prompts, scratchpads, selection, star, tools, twenty, verifiers
 from .consistency import self_consistency
-from .scratchpads import scratchpad
+from .prompts import PromptStyle, default_style, few_shot
+from .scratchpads import direct, scratchpad
 from .selection import selection_inference
-from .star import star_document, star_loop, star_rationales
+from .star import star_document, star_loop, star_pair, star_rationales
 from .tools import ToolError, evaluate_expression, safe_calculator, tool_use
 from .twenty import infer_object, play, twenty_questions
 from .verifiers import verified_scratchpad
@@ -45,11 +52,17 @@ EXAMPLES = {
 
 __all__ = [
     "EXAMPLES",
+    "PromptStyle",
     "ToolError",
+    "addition",
     "consistency",
+    "default_style",
+    "direct",
     "evaluate_expression",
+    "few_shot",
     "infer_object",
     "play",
+    "prompts",
     "safe_calculator",
     "scratchpad",
     "scratchpads",
@@ -59,6 +72,7 @@ __all__ = [
     "star",
     "star_document",
     "star_loop",
+    "star_pair",
     "star_rationales",
     "tool_use",
     "tools",

@@ -30,7 +30,7 @@ def self_consistency(question: str, *, model=None, num_samples: int = 16, **scra
     :param str question: e.g. ``"4721+385"``.
     :param model: the language model (default: ``llmppl.use_model``'s).
     :param int num_samples: sampled thoughts.
-    :param scratchpad_kwargs: passed to :func:`~llmppl.cascades.scratchpads.scratchpad`.
+    :param scratchpad_kwargs: passed to :func:`~llmppl.cascades.scratchpads.scratchpad` (e.g. ``style=``).
     :returns: ``(answer, posterior)``; the answer with surrounding whitespace stripped.
     """
     post = llmppl.infer.Importance(scratchpad, num_samples=num_samples, progress=False).run(
@@ -47,10 +47,12 @@ def run_example(
     max_work_tokens: int = 48,
     max_answer_tokens: int = 8,
     seed: int = 0,
+    style=None,
 ) -> dict:
     """Self-consistency on one question.
 
     :param model: a language model; default: the shipped Performer checkpoint.
+    :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` for ``model`` (default: its own).
     :returns: ``{"question", "answer", "answers", "posterior", "num_thoughts"}``:
         the mode, the answer distribution (sums to 1), the posterior and the number of
         distinct thoughts sampled.
@@ -62,6 +64,7 @@ def run_example(
         num_samples=num_particles,
         max_work_tokens=max_work_tokens,
         max_answer_tokens=max_answer_tokens,
+        style=style,
     )
     return {
         "question": question,

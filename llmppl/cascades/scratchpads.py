@@ -8,7 +8,9 @@ The paper's figure 2 model: a thought :math:`T` drawn from the LM given the ques
 Prompts follow the ``scratchpad`` training format of :mod:`llmppl.models.tasks`
 (``Q: 4721+385\nWork: 1+5=6 c0; ...\nA: 5106\n``). The prompts end with the space that
 follows ``Work:`` and ``A:``, so sampled values carry no leading space; with the
-byte-level tokenizer this is the same token sequence as the training text.
+byte-level tokenizer this is the same token sequence as the training text. For another
+model pass ``style=`` (:class:`~llmppl.cascades.prompts.PromptStyle`: a few-shot prefix,
+and no trailing space for BPE models, whose default style it is already).
 
 >>> import string, pyro
 >>> from llmppl.models import ToyLM
@@ -26,29 +28,66 @@ import llmppl
 from llmppl import LM
 
 from ._common import answer_probs, example_model, seed_everything
+from .prompts import PromptStyle, resolve_style
 
-__all__ = ["answer_prompt", "run_example", "scratchpad", "work_prompt"]
+__all__ = ["answer_prompt", "direct", "direct_prompt", "run_example", "scratchpad", "work_prompt"]
+
+_DEFAULT = PromptStyle()
 
 
-def work_prompt(question: str) -> str:
-    """The prompt of the thought site: ``"Q: {question}\\nWork: "``.
+def work_prompt(question: str, style: PromptStyle = _DEFAULT) -> str:
+    """The prompt of the thought site: ``"Q: {question}\\nWork: "`` (after ``style.prefix``).
 
-    >>> work_prompt("12+34")
-    'Q: 12+34\\nWork: '
+    >>> work_prompt("12+34"), work_prompt("12+34", PromptStyle(space=""))
+    ('Q: 12+34\\nWork: ', 'Q: 12+34\\nWork:')
     """
-    return f"Q: {question}\nWork: "
+    return style.prompt(f"Q: {question}\n{style.label('Work:')}")
 
 
-def answer_prompt(question: str, work: str) -> str:
-    """The prompt of the answer site: ``"Q: {question}\\nWork: {work}\\nA: "``.
+def answer_prompt(question: str, work: str, style: PromptStyle = _DEFAULT) -> str:
+    """The prompt of the answer site: ``"Q: {question}\\nWork: {work}\\nA: "`` (after ``style.prefix``).
+
+    ``work`` is the sampled value, so with ``space=""`` it brings its own leading space.
 
     >>> answer_prompt("12+34", "2+4=6 c0; 1+3+0=4 c0")
     'Q: 12+34\\nWork: 2+4=6 c0; 1+3+0=4 c0\\nA: '
     """
-    return f"Q: {question}\nWork: {work}\nA: "
+    return style.prompt(f"Q: {question}\n{style.label('Work:')}{work}\n{style.label('A:')}")
 
 
-def scratchpad(question: str, *, model=None, max_work_tokens: int = 96, max_answer_tokens: int = 16, temperature=1.0):
+def direct_prompt(question: str, style: PromptStyle = _DEFAULT) -> str:
+    """The prompt of a direct answer: ``"Q: {question}\\nA: "`` (after ``style.prefix``).
+
+    >>> direct_prompt("12+34")
+    'Q: 12+34\\nA: '
+    """
+    return style.prompt(f"Q: {question}\n{style.label('A:')}")
+
+
+def direct(question: str, *, model=None, max_answer_tokens: int = 16, temperature=1.0, style=None):
+    """The baseline without a thought: one LM site ``"answer"`` after ``"Q: {question}\\nA: "``.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> isinstance(direct("1+2", model=ToyLM(alphabet=string.printable), max_answer_tokens=2), str)
+    True
+    """
+    style = resolve_style(style, model)
+    prompt = direct_prompt(question, style)
+    return pyro.sample(
+        "answer", LM(prompt, model=model, stop="\n", max_tokens=max_answer_tokens, temperature=temperature)
+    )
+
+
+def scratchpad(
+    question: str,
+    *,
+    model=None,
+    max_work_tokens: int = 96,
+    max_answer_tokens: int = 16,
+    temperature=1.0,
+    style: PromptStyle | None = None,
+):
     """The scratchpad cascade: sample the thought (site ``"work"``), then the answer (site ``"answer"``).
 
     :param str question: e.g. ``"4721+385"``.
@@ -56,15 +95,18 @@ def scratchpad(question: str, *, model=None, max_work_tokens: int = 96, max_answ
     :param int max_work_tokens: length limit of the thought.
     :param int max_answer_tokens: length limit of the answer.
     :param float temperature: sampling temperature of both sites.
+    :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
     """
+    style = resolve_style(style, model)
     work = pyro.sample(
-        "work", LM(work_prompt(question), model=model, stop="\n", max_tokens=max_work_tokens, temperature=temperature)
+        "work",
+        LM(work_prompt(question, style), model=model, stop="\n", max_tokens=max_work_tokens, temperature=temperature),
     )
     return pyro.sample(
         "answer",
         LM(
-            answer_prompt(question, work),
+            answer_prompt(question, work, style),
             model=model,
             stop="\n",
             max_tokens=max_answer_tokens,
@@ -81,10 +123,12 @@ def run_example(
     max_work_tokens: int = 48,
     max_answer_tokens: int = 8,
     seed: int = 0,
+    style: PromptStyle | None = None,
 ) -> dict:
     """Importance-sample the scratchpad cascade on one question.
 
     :param model: a language model; default: the shipped Performer checkpoint.
+    :param style: prompts for ``model`` (default: its :func:`~llmppl.cascades.prompts.default_style`).
     :returns: ``{"question", "posterior", "sample", "answer", "answers"}``: the
         :class:`~llmppl.inference.Posterior`, one sampled trace's answer, the mode of the
         answer marginal and the (whitespace-stripped) answer distribution.
@@ -92,7 +136,7 @@ def run_example(
     seed_everything(seed)
     lm = example_model(model)
     post = llmppl.infer.Importance(scratchpad, num_samples=num_particles, progress=False).run(
-        question, model=lm, max_work_tokens=max_work_tokens, max_answer_tokens=max_answer_tokens
+        question, model=lm, max_work_tokens=max_work_tokens, max_answer_tokens=max_answer_tokens, style=style
     )
     answers = answer_probs(post.marginal("answer"))
     return {

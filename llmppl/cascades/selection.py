@@ -33,6 +33,7 @@ from llmppl import LM
 from llmppl.models import tasks
 
 from ._common import answer_probs, example_model, seed_everything
+from .prompts import PromptStyle, resolve_style
 
 __all__ = ["problem_prompt", "run_example", "selection_inference"]
 
@@ -47,7 +48,15 @@ def problem_prompt(facts: str, rules: str, question: str) -> str:
 
 
 def selection_inference(
-    problem: str, *, k: int, model=None, inference_model=None, max_step_tokens: int = 96, max_answer_tokens: int = 4
+    problem: str,
+    *,
+    k: int,
+    model=None,
+    inference_model=None,
+    max_step_tokens: int = 96,
+    max_answer_tokens: int = 4,
+    style: PromptStyle | None = None,
+    inference_style: PromptStyle | None = None,
 ):
     """The selection-inference cascade on a problem block (see :func:`problem_prompt`).
 
@@ -55,22 +64,32 @@ def selection_inference(
     :param int k: number of selection-inference steps (``>= 0``).
     :param model: the selection LM (and the answer LM); default: ``llmppl.use_model``'s.
     :param inference_model: the inference LM (default: ``model``).
+    :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` of ``model``, whose prefix
+        (e.g. worked problems) goes before every selection and answer prompt (default: the model's).
+    :param inference_style: the same for ``inference_model`` (default: ``style`` when the
+        inference LM is ``model``, else its default style).
     :returns: the answer string (``"yes"``/``"no"`` for a trained model).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"selection_inference: k: expected an int >= 0, got {k!r}")
+    style = resolve_style(style, model)
+    if inference_style is None:
+        inference_style = style if inference_model is None else resolve_style(None, inference_model)
+    inference_style = resolve_style(inference_style)
     inference_model = model if inference_model is None else inference_model
     context = problem
     for i in range(k):
         selection = pyro.sample(
-            f"select_{i}", LM(context + "Select: ", model=model, stop="\n", max_tokens=max_step_tokens)
+            f"select_{i}",
+            LM(style.prompt(context + style.label("Select:")), model=model, stop="\n", max_tokens=max_step_tokens),
         )
-        context += f"Select: {selection}\n"
-        inference = pyro.sample(
-            f"infer_{i}", LM(context + "Infer: ", model=inference_model, stop="\n", max_tokens=max_step_tokens)
-        )
-        context += f"Infer: {inference}\n"
-    return pyro.sample("answer", LM(context + "A: ", model=model, stop="\n", max_tokens=max_answer_tokens))
+        context += f"{style.label('Select:')}{selection}\n"
+        prompt = inference_style.prompt(context + inference_style.label("Infer:"))
+        inference = pyro.sample(f"infer_{i}", LM(prompt, model=inference_model, stop="\n", max_tokens=max_step_tokens))
+        context += f"{inference_style.label('Infer:')}{inference}\n"
+    return pyro.sample(
+        "answer", LM(style.prompt(context + style.label("A:")), model=model, stop="\n", max_tokens=max_answer_tokens)
+    )
 
 
 def run_example(
@@ -81,6 +100,7 @@ def run_example(
     index: int = 0,
     max_step_tokens: int = 96,
     seed: int = 0,
+    style: PromptStyle | None = None,
 ) -> dict:
     """Selection-inference on held-out problem ``index`` of the ``selection_inference`` task.
 
@@ -94,7 +114,7 @@ def run_example(
     problem = tasks.sample_problem("selection_inference", split="test", seed=seed, index=index)
     k = len(problem.meta["steps"]) if k is None else k
     post = llmppl.infer.Importance(selection_inference, num_samples=num_particles, progress=False).run(
-        problem.prompt, k=k, model=example_model(model), max_step_tokens=max_step_tokens
+        problem.prompt, k=k, model=example_model(model), max_step_tokens=max_step_tokens, style=style
     )
     best = post.traces[int(post.weights.argmax())]
     known = [f"{p} is {a}." for p, a in problem.meta["facts"]]

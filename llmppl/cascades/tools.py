@@ -37,6 +37,7 @@ from llmppl import LM
 from llmppl.distributions import Delta
 
 from ._common import answer_probs, example_model, seed_everything
+from .prompts import PromptStyle, resolve_style
 
 __all__ = [
     "ToolError",
@@ -129,35 +130,51 @@ def safe_calculator(call: str) -> str:
         return "error"
 
 
-def call_prompt(question: str) -> str:
-    """``"Q: {question}\\nCall: "``.
+_DEFAULT = PromptStyle()
+
+
+def call_prompt(question: str, style: PromptStyle = _DEFAULT) -> str:
+    """``"Q: {question}\\nCall: "`` (after ``style.prefix``).
 
     >>> call_prompt("What is 2 plus 3?")
     'Q: What is 2 plus 3?\\nCall: '
     """
-    return f"Q: {question}\nCall: "
+    return style.prompt(f"Q: {question}\n{style.label('Call:')}")
 
 
-def answer_prompt(question: str, call: str, result: str) -> str:
-    """``"Q: {question}\\nCall: {call}\\nResult: {result}\\nA: "``.
+def answer_prompt(question: str, call: str, result: str, style: PromptStyle = _DEFAULT) -> str:
+    """``"Q: {question}\\nCall: {call}\\nResult: {result}\\nA: "`` (after ``style.prefix``).
+
+    ``call`` is the sampled value (with its leading space when ``style.space == ""``);
+    the tool writes ``result``, always after one space.
 
     >>> answer_prompt("What is 2 plus 3?", "calc(2+3)", "5")
     'Q: What is 2 plus 3?\\nCall: calc(2+3)\\nResult: 5\\nA: '
     """
-    return f"Q: {question}\nCall: {call}\nResult: {result}\nA: "
+    return style.prompt(f"Q: {question}\n{style.label('Call:')}{call}\nResult: {result}\n{style.label('A:')}")
 
 
-def tool_use(question: str, *, model=None, max_call_tokens: int = 40, max_answer_tokens: int = 24):
+def tool_use(
+    question: str,
+    *,
+    model=None,
+    max_call_tokens: int = 40,
+    max_answer_tokens: int = 24,
+    style: PromptStyle | None = None,
+):
     """The tool-use cascade: sites ``"call"`` (LM), ``"result"`` (``Delta``), ``"answer"`` (LM).
 
     :param str question: a word problem, e.g. ``"What is 12 times 3?"``.
     :param model: the language model (default: ``llmppl.use_model``'s).
+    :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
     """
-    call = pyro.sample("call", LM(call_prompt(question), model=model, stop="\n", max_tokens=max_call_tokens))
+    style = resolve_style(style, model)
+    call = pyro.sample("call", LM(call_prompt(question, style), model=model, stop="\n", max_tokens=max_call_tokens))
     result = pyro.sample("result", Delta(safe_calculator(call)))
     return pyro.sample(
-        "answer", LM(answer_prompt(question, call, result), model=model, stop="\n", max_tokens=max_answer_tokens)
+        "answer",
+        LM(answer_prompt(question, call, result, style), model=model, stop="\n", max_tokens=max_answer_tokens),
     )
 
 
@@ -169,6 +186,7 @@ def run_example(
     max_call_tokens: int = 24,
     max_answer_tokens: int = 8,
     seed: int = 0,
+    style: PromptStyle | None = None,
 ) -> dict:
     """Importance-sample the tool-use cascade on one question.
 
@@ -179,7 +197,7 @@ def run_example(
     seed_everything(seed)
     lm = example_model(model)
     post = llmppl.infer.Importance(tool_use, num_samples=num_particles, progress=False).run(
-        question, model=lm, max_call_tokens=max_call_tokens, max_answer_tokens=max_answer_tokens
+        question, model=lm, max_call_tokens=max_call_tokens, max_answer_tokens=max_answer_tokens, style=style
     )
     answers = answer_probs(post.marginal("answer"))
     calls = {t.nodes["call"]["value"]: t.nodes["result"]["value"] for t in post.traces}

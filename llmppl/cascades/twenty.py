@@ -44,28 +44,32 @@ from llmppl.distributions import Categorical, Delta
 from llmppl.models import tasks
 
 from ._common import example_model, seed_everything
+from .prompts import PromptStyle, resolve_style
 
 __all__ = ["OBJECTS", "answerer_prompt", "infer_object", "play", "questioner_prompt", "run_example", "twenty_questions"]
 
 OBJECTS: tuple[str, ...] = tuple(tasks.KNOWLEDGE_BASE)
 
 
-def questioner_prompt(history: Sequence[tuple[str, str]]) -> str:
-    """The questioner's prompt after ``(question, answer)`` turns.
+_DEFAULT = PromptStyle()
+
+
+def questioner_prompt(history: Sequence[tuple[str, str]], style: PromptStyle = _DEFAULT) -> str:
+    """The questioner's prompt after ``(question, answer)`` turns (after ``style.prefix``).
 
     >>> questioner_prompt([("Is it an animal?", "yes")])
     'Twenty questions.\\nQ: Is it an animal? A: yes\\n'
     """
-    return "Twenty questions.\n" + "".join(f"Q: {q} A: {a}\n" for q, a in history)
+    return style.prompt("Twenty questions.\n" + "".join(f"Q: {q} A: {a}\n" for q, a in history))
 
 
-def answerer_prompt(obj: str, question: str) -> str:
-    """The answerer's prompt: ``"Object: {obj}. Q: {question} A: "``.
+def answerer_prompt(obj: str, question: str, style: PromptStyle = _DEFAULT) -> str:
+    """The answerer's prompt: ``"Object: {obj}. Q: {question} A: "`` (after ``style.prefix``).
 
     >>> answerer_prompt("penguin", "Can it fly?")
     'Object: penguin. Q: Can it fly? A: '
     """
-    return f"Object: {obj}. Q: {question} A: "
+    return style.prompt(f"Object: {obj}. Q: {question} {style.label('A:')}")
 
 
 def twenty_questions(
@@ -77,6 +81,8 @@ def twenty_questions(
     max_turns: int = 20,
     answerer_top_k: int | None = 1,
     max_question_tokens: int = 48,
+    style: PromptStyle | None = None,
+    answerer_style: PromptStyle | None = None,
 ):
     """The game as a Pyro model; returns the hidden object.
 
@@ -88,6 +94,11 @@ def twenty_questions(
     :param objects: the prior's support (uniform), default the whole knowledge base.
     :param int max_turns: at most this many questions.
     :param answerer_top_k: the answerer's ``top_k`` (``1``: greedy, it knows the object).
+    :param style: the questioner's :class:`~llmppl.cascades.prompts.PromptStyle`, e.g. a
+        prefix with a played game (default: the model's).
+    :param answerer_style: the answerer's, e.g. a prefix of ``Object: ... A: yes`` lines
+        (default: the answerer model's). Transcripts hold answers without the leading space
+        a BPE answerer writes.
     """
     if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
         raise ValueError(f"twenty_questions: max_turns: expected an int >= 1, got {max_turns!r}")
@@ -95,7 +106,9 @@ def twenty_questions(
         raise ValueError(
             f"twenty_questions: transcript: expected at most max_turns={max_turns} turns, got {len(transcript)}"
         )
+    style = resolve_style(style, model)
     answerer_model = model if answerer_model is None else answerer_model
+    answerer_style = resolve_style(answerer_style, answerer_model)
     obj = pyro.sample("object", Categorical(list(objects)))
     history: list[tuple[str, str]] = []
     for t in range(max_turns):
@@ -103,10 +116,11 @@ def twenty_questions(
         if transcript is not None:
             if t >= len(transcript):
                 break
-            observed_question, observed_answer = f"Q: {transcript[t][0]}", transcript[t][1]
+            observed_question = f"Q: {transcript[t][0]}"
+            observed_answer = answerer_style.value(transcript[t][1])
         move = pyro.sample(
             f"question_{t}",
-            LM(questioner_prompt(history), model=model, stop=[" A:", "\n"], max_tokens=max_question_tokens),
+            LM(questioner_prompt(history, style), model=model, stop=[" A:", "\n"], max_tokens=max_question_tokens),
             obs=observed_question,
         )
         if not move.startswith("Q: "):
@@ -115,10 +129,16 @@ def twenty_questions(
         question = move[len("Q: ") :]
         answer = pyro.sample(
             f"answer_{t}",
-            LM(answerer_prompt(obj, question), model=answerer_model, stop="\n", max_tokens=4, top_k=answerer_top_k),
+            LM(
+                answerer_prompt(obj, question, answerer_style),
+                model=answerer_model,
+                stop="\n",
+                max_tokens=4,
+                top_k=answerer_top_k,
+            ),
             obs=observed_answer,
         )
-        history.append((question, answer))
+        history.append((question, answerer_style.unvalue(answer)))
     return obj
 
 
@@ -129,6 +149,10 @@ def play(hidden_object: str, **game_kwargs) -> dict:
     :returns: ``{"object", "transcript", "guess", "turns"}``; ``guess`` is ``None`` when the
         questioner never guessed.
     """
+    answerer_model = game_kwargs.get("answerer_model")
+    answerer_style = resolve_style(
+        game_kwargs.get("answerer_style"), game_kwargs.get("model") if answerer_model is None else answerer_model
+    )
     conditioned = pyro.condition(twenty_questions, data={"object": hidden_object})
     trace = pyro.poutine.trace(conditioned).get_trace(**game_kwargs)
     transcript = []
@@ -136,7 +160,7 @@ def play(hidden_object: str, **game_kwargs) -> dict:
         if f"answer_{t}" not in trace.nodes:
             break
         question = trace.nodes[f"question_{t}"]["value"][len("Q: ") :]
-        transcript.append((question, trace.nodes[f"answer_{t}"]["value"]))
+        transcript.append((question, answerer_style.unvalue(trace.nodes[f"answer_{t}"]["value"])))
     guess = trace.nodes["guess"]["value"] if "guess" in trace.nodes else None
     return {"object": hidden_object, "transcript": transcript, "guess": guess, "turns": len(transcript)}
 
@@ -162,6 +186,8 @@ def run_example(
     max_turns: int = 20,
     max_question_tokens: int = 48,
     seed: int = 0,
+    style: PromptStyle | None = None,
+    answerer_style: PromptStyle | None = None,
 ) -> dict:
     """Play a game with ``hidden_object``, then infer the hidden object from the transcript.
 
@@ -175,6 +201,8 @@ def run_example(
         "objects": list(objects),
         "max_turns": max_turns,
         "max_question_tokens": max_question_tokens,
+        "style": style,
+        "answerer_style": answerer_style,
     }
     game = play(hidden_object, **kwargs)
     probs, post = infer_object(game["transcript"], num_particles=num_particles, **kwargs)

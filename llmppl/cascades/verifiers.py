@@ -37,6 +37,7 @@ import llmppl
 from llmppl import LM
 
 from ._common import answer_probs, example_model, seed_everything
+from .prompts import PromptStyle, resolve_style
 from .scratchpads import answer_prompt, work_prompt
 
 __all__ = ["MODES", "run_example", "verified_scratchpad", "verifier_prompt"]
@@ -44,13 +45,20 @@ __all__ = ["MODES", "run_example", "verified_scratchpad", "verifier_prompt"]
 MODES = ("observe", "factor")
 
 
-def verifier_prompt(question: str, work: str, answer: str) -> str:
-    """The verifier's prompt: ``"Verify: {question}\\nWork: {work}\\nA: {answer}\\nOK: "``.
+_DEFAULT = PromptStyle()
+
+
+def verifier_prompt(question: str, work: str, answer: str, style: PromptStyle = _DEFAULT) -> str:
+    """The verifier's prompt: ``"Verify: {question}\\nWork: {work}\\nA: {answer}\\nOK: "`` (after ``style.prefix``).
+
+    ``work`` and ``answer`` are sampled values: with ``style.space == ""`` they bring their
+    own leading space.
 
     >>> verifier_prompt("12+34", "2+4=6 c0; 1+3+0=4 c0", "46")
     'Verify: 12+34\\nWork: 2+4=6 c0; 1+3+0=4 c0\\nA: 46\\nOK: '
     """
-    return f"Verify: {question}\nWork: {work}\nA: {answer}\nOK: "
+    lab = style.label
+    return style.prompt(f"Verify: {question}\n{lab('Work:')}{work}\n{lab('A:')}{answer}\n{lab('OK:')}")
 
 
 def verified_scratchpad(
@@ -62,6 +70,8 @@ def verified_scratchpad(
     beta: float = 1.0,
     max_work_tokens: int = 96,
     max_answer_tokens: int = 16,
+    style: PromptStyle | None = None,
+    verifier_style: PromptStyle | None = None,
 ):
     """Scratchpad (sites ``"work"``, ``"answer"``) then the verifier's evidence (site ``"verified"``).
 
@@ -70,26 +80,40 @@ def verified_scratchpad(
     :param verifier_model: the verifier LM (default: ``model``).
     :param str mode: ``"observe"`` (observed site, ``obs="yes"``) or ``"factor"``.
     :param float beta: the factor's temperature (``mode="factor"`` only), ``>= 0``.
+    :param style: prompts of the generator (default: ``model``'s
+        :func:`~llmppl.cascades.prompts.default_style`).
+    :param verifier_style: prompts of the verifier, e.g. with few-shot verdicts as prefix
+        (default: ``style`` without its prefix when the verifier is ``model``, else the
+        verifier's default style). The evidence is the verifier writing ``"yes"``.
     :returns: the answer string.
     """
     if mode not in MODES:
         raise ValueError(f"verified_scratchpad: mode: expected one of {MODES}, got {mode!r}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
         raise ValueError(f"verified_scratchpad: beta: expected a float >= 0, got {beta!r}")
-    work = pyro.sample("work", LM(work_prompt(question), model=model, stop="\n", max_tokens=max_work_tokens))
+    style = resolve_style(style, model)
+    if verifier_style is None:
+        verifier_style = style.with_prefix("") if verifier_model is None else resolve_style(None, verifier_model)
+    verifier_style = resolve_style(verifier_style)
+    work = pyro.sample("work", LM(work_prompt(question, style), model=model, stop="\n", max_tokens=max_work_tokens))
     answer = pyro.sample(
-        "answer", LM(answer_prompt(question, work), model=model, stop="\n", max_tokens=max_answer_tokens)
+        "answer", LM(answer_prompt(question, work, style), model=model, stop="\n", max_tokens=max_answer_tokens)
     )
+    if verifier_style.space != style.space:  # the sampled values carry the generator's spacing
+        work, answer = work.strip(), answer.strip()
+        if not verifier_style.space:
+            work, answer = " " + work, " " + answer
     verifier = LM(
-        verifier_prompt(question, work, answer),
+        verifier_prompt(question, work, answer, verifier_style),
         model=model if verifier_model is None else verifier_model,
         stop="\n",
         max_tokens=4,
     )
+    yes = verifier_style.value("yes")
     if mode == "observe":
-        pyro.sample("verified", verifier, obs="yes")
+        pyro.sample("verified", verifier, obs=yes)
     else:
-        pyro.factor("verified", beta * verifier.log_prob("yes"))
+        pyro.factor("verified", beta * verifier.log_prob(yes))
     return answer
 
 
@@ -105,6 +129,8 @@ def run_example(
     max_answer_tokens: int = 8,
     max_attempts: int = 1000,
     seed: int = 0,
+    style: PromptStyle | None = None,
+    verifier_style: PromptStyle | None = None,
 ) -> dict:
     """Scratchpad + verifier on one question with SMC (default), rejection or importance sampling.
 
@@ -113,6 +139,7 @@ def run_example(
     :param str algorithm: ``"smc"``, ``"rejection"`` or ``"importance"``.
     :param str mode: ``"observe"`` or ``"factor"``.
     :param int max_attempts: for ``"rejection"``.
+    :param style: prompts of the generator; ``verifier_style``: of the verifier (see :func:`verified_scratchpad`).
     :returns: ``{"question", "answer", "answers", "posterior", "algorithm", "mode"}``.
     """
     seed_everything(seed)
@@ -123,6 +150,8 @@ def run_example(
         "mode": mode,
         "max_work_tokens": max_work_tokens,
         "max_answer_tokens": max_answer_tokens,
+        "style": style,
+        "verifier_style": verifier_style,
     }
     if algorithm == "smc":
         infer = llmppl.infer.SMC(verified_scratchpad, num_particles=num_particles, progress=False)

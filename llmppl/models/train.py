@@ -5,7 +5,18 @@ CPU by default (``--device cuda`` when present); a tqdm progress bar; a held-out
 evaluation every ``--eval-every`` steps; a resumable checkpoint (``train_state.pt``,
 weights, optimiser, step) every ``--save-every`` steps, resumed automatically from
 ``--out``; the batches are a pure function of ``--seed`` and the step, so a run resumed
-from a checkpoint sees the same data as an uninterrupted one.
+from a checkpoint sees the same data as an uninterrupted one. ``--max-digits
+'{"scratchpad": 3, "verifier": 3}'`` caps the operand length of the addition tasks (the
+STaR regime: worked solutions only up to 3 digits); without it nothing changes.
+
+Fine-tuning an existing model on documents (STaR's rationales, or any text):
+:func:`fine_tune` in Python, or on the command line::
+
+    python -m llmppl.models.train finetune --init runs/performer/final --data docs.jsonl --out runs/ft
+
+where each line of ``docs.jsonl`` is ``{"prompt": ..., "completion": ...}`` (prompt
+tokens weighted :data:`PROMPT_WEIGHT`, as in training) or ``{"text": ...}`` (all of it a
+completion). ``llmppl train finetune ...`` is the same command.
 
 >>> args = build_parser().parse_args(["--out", "x", "--steps", "10"])
 >>> args.steps, args.seed
@@ -27,7 +38,18 @@ import torch
 from . import tasks as T
 from .performer import PerformerConfig, PerformerLM
 
-__all__ = ["build_parser", "evaluate", "main", "make_batch", "train"]
+__all__ = [
+    "build_finetune_parser",
+    "build_parser",
+    "document_loss",
+    "evaluate",
+    "fine_tune",
+    "finetune_main",
+    "main",
+    "make_batch",
+    "read_documents",
+    "train",
+]
 
 # typical document lengths in bytes, for sizing batches by tokens
 _TYPICAL_LENGTH = {
@@ -43,11 +65,48 @@ PROMPT_WEIGHT = 0.1  # loss weight of prompt tokens (random operands, facts: mos
 TARGET_WEIGHT = {"verifier": 3.0}  # loss weight of the completion; default 1
 
 
-def make_batch(step: int, *, seed: int, batch_tokens: int, weights: dict[str, float], tokenizer, max_len: int = 512):
+def _encode_document(tokenizer, prompt: str, completion: str, *, target_weight: float, prompt_weight: float, max_len):
+    """``(ids, weights)`` of one document: BOS + prompt at ``prompt_weight``, completion + EOS at ``target_weight``."""
+    head = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    rest = [*tokenizer.encode(completion), tokenizer.eos_id]
+    ids = (head + rest)[:max_len]
+    wt = ([prompt_weight] * len(head) + [target_weight] * len(rest))[:max_len]
+    return ids, wt
+
+
+def _pad(docs: list[list[int]], wts: list[list[float]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    L = max(len(d) for d in docs)
+    ids = torch.full((len(docs), L), tokenizer.pad_id, dtype=torch.long)
+    weight = torch.zeros(len(docs), L)
+    for i, (d, wt) in enumerate(zip(docs, wts, strict=True)):
+        ids[i, : len(d)] = torch.tensor(d)
+        weight[i, : len(wt)] = torch.tensor(wt)
+    return ids, weight
+
+
+def _capped_lengths(rng: random.Random, max_digits: int) -> tuple[int, int]:
+    """Operand lengths up to ``max_digits``, drawn as the task generator draws them."""
+    la = rng.randint(1, max_digits)
+    lb = la if rng.random() < 0.5 else rng.randint(1, max_digits)
+    return (la, lb) if rng.random() < 0.5 else (lb, la)
+
+
+def make_batch(
+    step: int,
+    *,
+    seed: int,
+    batch_tokens: int,
+    weights: dict[str, float],
+    tokenizer,
+    max_len: int = 512,
+    max_digits: dict[str, int] | None = None,
+):
     """The training batch of ``step``: documents of one task, padded, with loss weights.
 
-    A pure function of ``(step, seed)``: resuming replays the same data.
+    A pure function of ``(step, seed)`` (and ``max_digits``): resuming replays the same data.
 
+    :param dict max_digits: task -> the longest operand (addition tasks: ``scratchpad``,
+        ``direct``, ``verifier``); ``None`` (default) keeps the generators' own range.
     :returns: ``(ids LongTensor[B, L], weights Tensor[B, L], task)``.
 
     >>> from llmppl.models.tokenizer import ByteTokenizer
@@ -59,21 +118,24 @@ def make_batch(step: int, *, seed: int, batch_tokens: int, weights: dict[str, fl
     tasks, w = list(weights), list(weights.values())
     task = rng.choices(tasks, w)[0]
     n = max(1, batch_tokens // _TYPICAL_LENGTH.get(task, 100))
+    cap = (max_digits or {}).get(task)
     docs, wts = [], []
     for j in range(n):
-        p = T.sample_problem(task, split="train", seed=seed, index=step * 4096 + j)
-        prompt = [tokenizer.bos_id, *tokenizer.encode(p.prompt)]
-        rest = [*tokenizer.encode(p.text[len(p.prompt) :]), tokenizer.eos_id]
-        ids = (prompt + rest)[:max_len]
-        wt = ([PROMPT_WEIGHT] * len(prompt) + [TARGET_WEIGHT.get(task, 1.0)] * len(rest))[:max_len]
+        kwargs = {}
+        if cap is not None:
+            kwargs["digits"] = _capped_lengths(random.Random(f"digits:{seed}:{step}:{j}"), cap)
+        p = T.sample_problem(task, split="train", seed=seed, index=step * 4096 + j, **kwargs)
+        ids, wt = _encode_document(
+            tokenizer,
+            p.prompt,
+            p.text[len(p.prompt) :],
+            target_weight=TARGET_WEIGHT.get(task, 1.0),
+            prompt_weight=PROMPT_WEIGHT,
+            max_len=max_len,
+        )
         docs.append(ids)
         wts.append(wt)
-    L = max(len(d) for d in docs)
-    ids = torch.full((n, L), tokenizer.pad_id, dtype=torch.long)
-    weight = torch.zeros(n, L)
-    for i, (d, wt) in enumerate(zip(docs, wts, strict=True)):
-        ids[i, : len(d)] = torch.tensor(d)
-        weight[i, : len(wt)] = torch.tensor(wt)
+    ids, weight = _pad(docs, wts, tokenizer)
     return ids, weight, task
 
 
@@ -204,8 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--weights", default=None, help="task mixture as JSON, e.g. '{\"scratchpad\": 1}'")
+    p.add_argument(
+        "--max-digits",
+        default=None,
+        help='longest operand per addition task as JSON, e.g. \'{"scratchpad": 3, "verifier": 3}\' '
+        "(default: the generators' own, up to 6)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
     return p
+
+
+def _parse_max_digits(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    value = json.loads(text)
+    addition = ("scratchpad", "direct", "verifier")
+    if not isinstance(value, dict) or any(
+        k not in addition or isinstance(v, bool) or not isinstance(v, int) or v < 1 for k, v in value.items()
+    ):
+        raise ValueError(f"--max-digits: expected a JSON object mapping {addition} to ints >= 1, got {text!r}")
+    return value
 
 
 def _lr(step: int, args) -> float:
@@ -232,6 +312,7 @@ def train(args) -> PerformerLM:
     """
     from tqdm import tqdm
 
+    max_digits = _parse_max_digits(getattr(args, "max_digits", None))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -288,7 +369,9 @@ def train(args) -> PerformerLM:
     t_last = time.time()
     while step < args.steps:
         model.train()
-        ids, w, task = make_batch(step, seed=args.seed, batch_tokens=args.batch_tokens, weights=weights, tokenizer=tok)
+        ids, w, task = make_batch(
+            step, seed=args.seed, batch_tokens=args.batch_tokens, weights=weights, tokenizer=tok, max_digits=max_digits
+        )
         ids, w = ids.to(args.device), w.to(args.device)
         for g in opt.param_groups:
             g["lr"] = _lr(step, args)
@@ -332,8 +415,292 @@ def train(args) -> PerformerLM:
     return model
 
 
+# ------------------------------------------------------------------ fine-tuning on documents
+
+
+def _as_pairs(documents, where: str) -> list[tuple[str, str]]:
+    """``documents`` as ``(prompt, completion)`` pairs; a ``str`` is all completion."""
+    if isinstance(documents, (str, bytes)) or not hasattr(documents, "__iter__"):
+        raise TypeError(f"{where}: documents: expected a list of documents, got {type(documents).__name__}")
+    pairs = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            pairs.append(("", doc))
+        elif isinstance(doc, (tuple, list)) and len(doc) == 2 and all(isinstance(x, str) for x in doc):
+            pairs.append((doc[0], doc[1]))
+        else:
+            raise TypeError(
+                f"{where}: documents[{i}]: expected a str or a (prompt, completion) pair of str, got {doc!r:.80}"
+            )
+    return pairs
+
+
+def _document_batches(encoded, batch_tokens: int, rng: random.Random | None):
+    """Groups of document indices of about ``batch_tokens`` tokens (shuffled when ``rng`` is given)."""
+    order = list(range(len(encoded)))
+    if rng is not None:
+        rng.shuffle(order)
+    batch, size = [], 0
+    for i in order:
+        n = len(encoded[i][0])
+        if batch and size + n > batch_tokens:
+            yield batch
+            batch, size = [], 0
+        batch.append(i)
+        size += n
+    if batch:
+        yield batch
+
+
+def _encode_all(lm, pairs, prompt_weight: float, max_len: int):
+    return [
+        _encode_document(lm.tokenizer, p, c, target_weight=1.0, prompt_weight=prompt_weight, max_len=max_len)
+        for p, c in pairs
+    ]
+
+
+def document_loss(
+    lm: PerformerLM, documents, *, prompt_weight: float = PROMPT_WEIGHT, batch_tokens: int = 4096, max_len: int = 512
+) -> float:
+    """The weighted mean next-token loss (nats) of ``lm`` on ``documents``, as :func:`fine_tune` weighs it.
+
+    :param documents: ``str`` documents (all completion) or ``(prompt, completion)`` pairs.
+
+    >>> lm = PerformerLM(PerformerConfig.tiny())
+    >>> 4.0 < document_loss(lm, [("Q: 1+1\\nA:", " 2\\n"), "hello"]) < 7.0
+    True
+    """
+    pairs = _as_pairs(documents, "document_loss")
+    if not pairs:
+        raise ValueError("document_loss: documents: expected at least one document, got none")
+    encoded = _encode_all(lm, pairs, prompt_weight, max_len)
+    device = next(lm.parameters()).device
+    was_training = lm.training
+    lm.eval()
+    total, weight_sum = 0.0, 0.0
+    with torch.no_grad():
+        for batch in _document_batches(encoded, batch_tokens, None):
+            ids, w = _pad([encoded[i][0] for i in batch], [encoded[i][1] for i in batch], lm.tokenizer)
+            ids, w = ids.to(device), w.to(device)
+            mass = float(w[:, 1:].sum())
+            total += float(_weighted_loss(lm, ids, w)) * mass
+            weight_sum += mass
+    lm.train(was_training)
+    return total / max(weight_sum, 1e-12)
+
+
+def fine_tune(
+    lm: PerformerLM,
+    documents,
+    *,
+    steps: int = 200,
+    lr: float = 3e-4,
+    batch_tokens: int = 3072,
+    warmup: int = 10,
+    min_lr_ratio: float = 0.1,
+    weight_decay: float = 0.0,
+    prompt_weight: float = PROMPT_WEIGHT,
+    max_len: int = 512,
+    seed: int = 0,
+    progress: bool = False,
+    log: list | None = None,
+) -> PerformerLM:
+    """Fine-tune an existing Performer on ``documents``, in place; returns ``lm`` (in eval mode).
+
+    The loss is training's: prompt tokens (and BOS) weighted ``prompt_weight``, the
+    completion and EOS weighted 1. Batches of about ``batch_tokens`` tokens go through
+    the documents in a fresh seeded shuffle per epoch; AdamW (betas 0.9/0.98), linear
+    warm-up then cosine decay to ``min_lr_ratio * lr``, gradients clipped at norm 1.
+    The prefix cache is cleared, since the weights changed. Save the result with
+    ``lm.save_pretrained(dir)``.
+
+    :param lm: the :class:`~llmppl.models.performer.PerformerLM` to train.
+    :param documents: ``str`` documents (all of it a completion) or ``(prompt, completion)``
+        pairs, e.g. ``("Q: 12+34\\nWork:", " 2+4=6 c0; 1+3+0=4 c0\\nA: 46\\n")``.
+    :param int steps: optimiser steps.
+    :param float lr: peak learning rate.
+    :param int batch_tokens: tokens per batch (at least one document).
+    :param int seed: the shuffle's seed.
+    :param bool progress: a tqdm bar.
+    :param list log: if given, one ``{"step", "loss", "lr"}`` per step is appended.
+    :returns: ``lm``.
+
+    >>> lm = PerformerLM(PerformerConfig.tiny())
+    >>> docs = [("Q: 1+1\\nA:", " 2\\n")] * 4
+    >>> before = document_loss(lm, docs)
+    >>> fine_tune(lm, docs, steps=5, lr=1e-2, warmup=1) is lm, document_loss(lm, docs) < before
+    (True, True)
+    """
+    from tqdm import tqdm
+
+    if not isinstance(lm, PerformerLM):
+        raise TypeError(f"fine_tune: lm: expected a PerformerLM, got {type(lm).__name__}")
+    for name, value in (("steps", steps), ("batch_tokens", batch_tokens), ("max_len", max_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"fine_tune: {name}: expected an int >= 1, got {value!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"fine_tune: lr: expected a float > 0, got {lr!r}")
+    pairs = _as_pairs(documents, "fine_tune")
+    if not pairs:
+        raise ValueError("fine_tune: documents: expected at least one document, got none")
+    encoded = _encode_all(lm, pairs, prompt_weight, max_len)
+    device = next(lm.parameters()).device
+    params = [p for p in lm.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+    schedule = argparse.Namespace(lr=lr, warmup=min(warmup, steps), steps=steps, min_lr_ratio=min_lr_ratio)
+    rng = random.Random(f"finetune:{seed}")
+    batches = iter(())
+    lm.clear_prefix_cache()
+    lm.train()
+    bar = tqdm(total=steps, disable=not progress, dynamic_ncols=True, desc="fine-tune")
+    try:
+        for step in range(steps):
+            batch = next(batches, None)
+            if batch is None:  # a new epoch, a new shuffle
+                batches = _document_batches(encoded, batch_tokens, rng)
+                batch = next(batches)
+            ids, w = _pad([encoded[i][0] for i in batch], [encoded[i][1] for i in batch], lm.tokenizer)
+            ids, w = ids.to(device), w.to(device)
+            rate = _lr(step, schedule)
+            for g in opt.param_groups:
+                g["lr"] = rate
+            loss = _weighted_loss(lm, ids, w)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fine_tune: non-finite loss at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            value = loss.item()
+            if log is not None:
+                log.append({"step": step + 1, "loss": value, "lr": rate})
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+    finally:
+        bar.close()
+        lm.eval()
+        lm.clear_prefix_cache()
+    return lm
+
+
+def read_documents(path: str | os.PathLike) -> list:
+    """Documents from a JSON-lines file: ``{"prompt", "completion"}`` -> a pair, ``{"text"}`` -> a ``str``.
+
+    >>> import tempfile, json
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+    ...     lines = [{"prompt": "Q: 1+1\\nA:", "completion": " 2\\n"}, {"text": "hi"}]
+    ...     _ = f.write("\\n".join(json.dumps(x) for x in lines))
+    >>> read_documents(f.name)
+    [('Q: 1+1\\nA:', ' 2\\n'), 'hi']
+    >>> os.remove(f.name)
+    """
+    docs: list = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("text"), str):
+                docs.append(record["text"])
+            elif (
+                isinstance(record, dict)
+                and isinstance(record.get("prompt"), str)
+                and isinstance(record.get("completion"), str)
+            ):
+                docs.append((record["prompt"], record["completion"]))
+            else:
+                raise ValueError(
+                    f"read_documents: {path} line {n}: expected an object with 'text' or 'prompt' and 'completion' "
+                    f"strings, got {line.strip()[:80]!r}"
+                )
+    return docs
+
+
+def build_finetune_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m llmppl.models.train finetune``.
+
+    >>> build_finetune_parser().parse_args(["--init", "a", "--data", "d.jsonl", "--out", "b"]).steps
+    200
+    """
+    p = argparse.ArgumentParser(
+        prog="llmppl train finetune",
+        description="Fine-tune a saved Performer on documents from a JSON-lines file and save it "
+        '(config.json + model.safetensors). Each line: {"prompt": ..., "completion": ...} or {"text": ...}.',
+    )
+    p.add_argument("--init", default=None, help="checkpoint folder to start from (default: the shipped checkpoint)")
+    p.add_argument("--data", required=True, help="JSON-lines file of documents")
+    p.add_argument("--out", required=True, help="folder for the fine-tuned checkpoint")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps (default: 200)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+    p.add_argument("--batch-tokens", type=int, default=3072, help="tokens per batch (default: 3072)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def finetune_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m llmppl.models.train finetune`` (and ``llmppl train finetune``).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     PerformerLM(PerformerConfig.tiny()).save_pretrained(f"{d}/init")
+    ...     with open(f"{d}/docs.jsonl", "w") as f:
+    ...         _ = f.write('{"text": "Q: 1+1\\\\nA: 2\\\\n"}\\n')
+    ...     finetune_main(["--init", f"{d}/init", "--data", f"{d}/docs.jsonl", "--out", f"{d}/ft",
+    ...                    "--steps", "1", "--no-progress"])  # doctest: +ELLIPSIS
+    fine-tuned on 1 documents: loss ... -> ...; saved to .../ft
+    0
+    """
+    from .pretrained import load_pretrained
+
+    args = build_finetune_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lm = load_pretrained(args.init, device=args.device)
+    documents = read_documents(args.data)
+    before = document_loss(lm, documents)
+    t0 = time.time()
+    fine_tune(
+        lm,
+        documents,
+        steps=args.steps,
+        lr=args.lr,
+        batch_tokens=args.batch_tokens,
+        warmup=args.warmup,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    after = document_loss(lm, documents)
+    record = {
+        "init": args.init or "shipped",
+        "data": os.path.abspath(args.data),
+        "documents": len(documents),
+        "steps": args.steps,
+        "lr": args.lr,
+        "batch_tokens": args.batch_tokens,
+        "seed": args.seed,
+        "loss_before": round(before, 4),
+        "loss_after": round(after, 4),
+        "seconds": round(time.time() - t0, 1),
+    }
+    lm.save_pretrained(args.out, extra={"fine_tune": record})
+    print(f"fine-tuned on {len(documents)} documents: loss {before:.3f} -> {after:.3f}; saved to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m llmppl.models.train`` and ``llmppl train``."""
+    """Entry point of ``python -m llmppl.models.train`` and ``llmppl train``; ``finetune ...`` fine-tunes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "finetune":
+        return finetune_main(argv[1:])
     train(build_parser().parse_args(argv))
     return 0
 

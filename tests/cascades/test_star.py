@@ -1,7 +1,15 @@
-"""STaR's filtering step: only rationales that reach the known answer become documents."""
+"""STaR: only rationales that reach the known answer become documents; the loop fine-tunes on them."""
 
-from llmppl.cascades import star, star_document, star_loop, star_rationales
-from llmppl.models import tasks
+import json
+
+import pytest
+import torch
+
+import llmppl.cascades.star as star_module
+from llmppl.cascades import PromptStyle, star, star_document, star_loop, star_pair, star_rationales
+from llmppl.cascades.star import DEFAULT_FINE_TUNE, accuracy, addition_problems
+from llmppl.models import PerformerConfig, PerformerLM, load_pretrained, tasks
+from llmppl.models.train import document_loss
 
 RIGHT_WORK = "1+2=3 c0"
 
@@ -62,3 +70,91 @@ def test_loop_fine_tunes_on_the_filtered_documents_and_reports_accuracy(scripted
     assert [h["iteration"] for h in history] == [0, 1, 2]
     assert seen[0] and all(d.endswith("\nA: 3\n") for d in seen[0])
     assert final is strong and history[0]["accuracy"] == 0.0 and history[-1]["accuracy"] == 1.0
+
+
+# ------------------------------------------------------------------ the loop with the default fine-tuning
+
+
+def test_pairs_split_where_training_splits():
+    p = tasks.sample_problem("scratchpad", split="train", seed=0, index=3)
+    assert star_pair(p.text) == (p.prompt, p.text[len(p.prompt) :])
+    with pytest.raises(ValueError, match="Work:"):
+        star_pair("Q: 1+1\nA: 2\n")
+
+
+def test_loop_fine_tunes_a_performer_reports_accuracy_per_iteration_and_saves_it(tmp_path):
+    torch.manual_seed(0)
+    lm = PerformerLM(PerformerConfig.tiny())
+    start = {k: v.clone() for k, v in lm.state_dict().items()}
+    train = addition_problems(3, 1, split="train")
+    held = addition_problems(4, [1, 2], split="test")
+    lines = []
+    final, history = star_loop(
+        train,
+        held,
+        model=lm,
+        iterations=3,
+        num_rationales=1,
+        max_attempts=3,
+        max_work_tokens=4,
+        fine_tune_kwargs={"steps": 2},
+        save_dir=tmp_path,
+        log=lines.append,
+    )
+    assert [h["iteration"] for h in history] == [0, 1, 2, 3] and len(lines) == 4
+    for h in history:
+        assert 0.0 <= h["accuracy"] <= 1.0 and set(h["accuracy_by_digits"]) == {1, 2}
+    assert final is not lm and all(torch.equal(v, lm.state_dict()[k]) for k, v in start.items())
+    saved = load_pretrained(tmp_path / "final")
+    for k, v in final.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[k], v)
+    assert (tmp_path / "iteration_3" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "history.json").read_text()) == json.loads(json.dumps(history))
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["star"]["iteration"] == 3
+
+
+def test_loop_trains_on_the_kept_rationales(monkeypatch):
+    # the rationale filter is stubbed; the fine-tuning is the real one, on a tiny Performer
+    documents = [f"Q: 1+2\nWork: {RIGHT_WORK}\nA: 3\n"]
+    monkeypatch.setattr(star_module, "star_rationales", lambda *a, **k: list(documents))
+    lm = PerformerLM(PerformerConfig.tiny())
+    before = document_loss(lm, [star_pair(d) for d in documents])
+    final, history = star_loop(
+        [("1+2", "3")], [], model=lm, iterations=2, fine_tune_kwargs={"steps": 10, "lr": 3e-3, "warmup": 1}
+    )
+    after = document_loss(final, [star_pair(d) for d in documents])
+    assert after < before
+    first = history[1]["fine_tune"]
+    assert history[1]["documents"] == 1 and first["loss_after"] < first["loss_before"]
+    assert history[2]["fine_tune"]["loss_before"] <= history[1]["fine_tune"]["loss_after"] + 1e-3  # continues
+
+
+def test_restart_fine_tunes_the_starting_model_each_time(monkeypatch):
+    monkeypatch.setattr(star_module, "star_rationales", lambda *a, **k: [f"Q: 1+2\nWork: {RIGHT_WORK}\nA: 3\n"])
+    lm = PerformerLM(PerformerConfig.tiny())
+    _, history = star_loop([("1+2", "3")], [], model=lm, iterations=2, restart=True, fine_tune_kwargs={"steps": 3})
+    assert history[1]["fine_tune"] == history[2]["fine_tune"]  # same start, same documents, same seed
+
+
+def test_loop_needs_a_fine_tune_for_other_models(lm):
+    with pytest.raises(TypeError, match="fine_tune"):
+        star_loop([("1+1", "2")], [("1+1", "2")], model=lm)
+    with pytest.raises(ValueError, match="fine_tune_kwargs"):
+        star_loop([], [], model=PerformerLM(PerformerConfig.tiny()), fine_tune_kwargs={"stpes": 3})
+    assert set(DEFAULT_FINE_TUNE) >= {"steps", "lr"}
+
+
+def test_batched_accuracy_counts_right_answers(scripted):
+    model = scripted({"Work: ": RIGHT_WORK, f"Work: {RIGHT_WORK}\nA: ": "3"}, p=0.999)
+    correct = []
+    assert accuracy([("1+2", "3"), ("1+2", "4")], model=model, max_work_tokens=10, correct=correct) == 0.5
+    assert correct == [True, False]
+
+
+def test_rationales_under_a_bpe_style_carry_no_extra_space(scripted):
+    # with space="" the model writes " 1+2=3 c0" and " 3"; the documents are still the training format
+    model = scripted({"Work:": " " + RIGHT_WORK, f"Work: {RIGHT_WORK}\nA:": " 3"}, p=0.95)
+    docs = star_rationales(
+        [("1+2", "3")], model=model, num_rationales=1, max_attempts=200, max_work_tokens=12, style=PromptStyle(space="")
+    )
+    assert docs == [f"Q: 1+2\nWork: {RIGHT_WORK}\nA: 3\n"]

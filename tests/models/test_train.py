@@ -2,12 +2,21 @@
 
 import json
 
+import pytest
 import torch
 
 from llmppl.cli import main as cli_main
 from llmppl.models import PerformerConfig, PerformerLM
 from llmppl.models.tokenizer import ByteTokenizer
-from llmppl.models.train import build_parser, evaluate, make_batch, train
+from llmppl.models.train import (
+    build_parser,
+    document_loss,
+    evaluate,
+    fine_tune,
+    make_batch,
+    read_documents,
+    train,
+)
 
 TINY = [
     "--d-model",
@@ -59,3 +68,87 @@ def test_evaluate_metrics_run():
     lm = PerformerLM(PerformerConfig.tiny())
     for metric in ["scratchpad_2", "verifier", "calculator_answer", "si_step", "twenty_questioner"]:
         assert 0.0 <= evaluate(lm, metric, n=2) <= 1.0
+
+
+# ------------------------------------------------------------------ fine-tuning on documents
+
+DOCS = [
+    ("Q: 12+34\nWork:", " 2+4=6 c0; 1+3+0=4 c0\nA: 46\n"),
+    ("Q: 5+7\nWork:", " 5+7=12 c1; 0+0+1=1 c0\nA: 12\n"),
+    "Twenty questions.\nQ: Is it an animal? A: yes\n",
+]
+
+
+def test_fine_tune_lowers_the_loss_on_its_documents():
+    torch.manual_seed(0)
+    lm = PerformerLM(PerformerConfig.tiny())
+    before = document_loss(lm, DOCS)
+    log = []
+    assert fine_tune(lm, DOCS, steps=30, lr=3e-3, batch_tokens=64, warmup=2, log=log) is lm
+    after = document_loss(lm, DOCS)
+    assert after < before - 1.0, (before, after)
+    assert [r["step"] for r in log] == list(range(1, 31)) and not lm.training
+
+
+def test_fine_tune_clears_the_prefix_cache_and_weighs_prompts_like_training():
+    lm = PerformerLM(PerformerConfig.tiny())
+    lm.sample(["Q: 1+1\nA:"], max_tokens=2)
+    assert lm._prefix_cache()
+    fine_tune(lm, DOCS[:1], steps=1)
+    assert not lm._prefix_cache()
+    # prompt tokens count 0.1: a document's loss is dominated by its completion
+    only_prompt = document_loss(lm, [("x" * 40, "")], prompt_weight=0.0)  # EOS alone
+    assert only_prompt > 0
+
+
+def test_fine_tune_rejects_bad_arguments():
+    lm = PerformerLM(PerformerConfig.tiny())
+    with pytest.raises(TypeError, match=r"documents\[1\]"):
+        fine_tune(lm, ["ok", 3], steps=1)
+    with pytest.raises(ValueError, match="steps"):
+        fine_tune(lm, ["ok"], steps=0)
+    with pytest.raises(ValueError, match="at least one"):
+        fine_tune(lm, [], steps=1)
+    with pytest.raises(TypeError, match="PerformerLM"):
+        fine_tune(object(), ["ok"], steps=1)
+
+
+def test_finetune_command_writes_a_loadable_checkpoint(tmp_path):
+    init = tmp_path / "init"
+    PerformerLM(PerformerConfig.tiny()).save_pretrained(init)
+    data = tmp_path / "docs.jsonl"
+    lines = [{"prompt": p, "completion": c} for p, c in DOCS[:2]] + [{"text": DOCS[2]}]
+    data.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "ft"
+    argv = ["train", "finetune", "--init", str(init), "--data", str(data), "--out", str(out)]
+    assert cli_main([*argv, "--steps", "3", "--no-progress"]) == 0
+    tuned = PerformerLM.from_pretrained(out)
+    record = json.loads((out / "config.json").read_text())["fine_tune"]
+    assert record["documents"] == 3 and record["steps"] == 3 and record["loss_after"] < record["loss_before"]
+    before = PerformerLM.from_pretrained(init)
+    assert not torch.equal(tuned.embed.weight, before.embed.weight)
+
+
+def test_read_documents_names_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"prompt": "no completion"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_documents(bad)
+
+
+def test_max_digits_caps_the_addition_tasks_only_when_asked():
+    tok = ByteTokenizer()
+    weights = {"scratchpad": 1.0, "verifier": 1.0}
+    for step in range(6):
+        ids, *_ = make_batch(
+            step, seed=0, batch_tokens=400, weights=weights, tokenizer=tok, max_digits={"scratchpad": 3, "verifier": 3}
+        )
+        for row in ids.tolist():
+            text = tok.decode([t for t in row if t < 256])
+            a, b = text.split("\n")[0].split(" ")[-1].split("+")
+            assert len(a) <= 3 and len(b) <= 3, text
+    uncapped = [make_batch(s, seed=0, batch_tokens=400, weights=weights, tokenizer=tok)[0] for s in range(6)]
+    longest = max(len(tok.decode([t for t in r if t < 256]).split("\n")[0]) for ids in uncapped for r in ids.tolist())
+    assert longest > len("Verify: 999+999")
+    with pytest.raises(ValueError, match="max-digits"):
+        train(build_parser().parse_args(["--out", "x", "--max-digits", '{"calculator": 2}']))
