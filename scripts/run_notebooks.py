@@ -5,6 +5,9 @@ Each ``notebooks/NAME.ipynb`` is run in a real Jupyter kernel (``nbclient``, ker
 ``build/notebooks/NAME.ipynb``; if ``nbconvert`` is installed, also to
 ``build/notebooks/NAME.html``. The committed notebooks are never modified.
 
+Widget outputs (the ``tqdm.auto`` progress bars) are dropped from the copies: outside a
+live kernel they only show their first frame ("0%").
+
 Full size means the ``CI`` variable is removed from the kernel's environment, so the
 notebooks' ``SMOKE = "CI" in os.environ`` cells choose their large sizes (pass
 ``--smoke`` to keep ``CI=1`` for a quick check). On a machine shared with other jobs,
@@ -37,6 +40,22 @@ def _parse_args(argv=None):
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run (default: 3600)")
     parser.add_argument("--smoke", action="store_true", help="run with CI=1 (the notebooks' small sizes)")
     return parser.parse_args(argv)
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_widget_outputs(nb) -> int:
+    """Remove widget displays (progress bars) from every code cell; returns how many."""
+    dropped = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.get("outputs", []) if WIDGET_VIEW not in o.get("data", {})]
+        dropped += len(cell.get("outputs", [])) - len(kept)
+        cell.outputs = kept
+    nb.metadata.pop("widgets", None)
+    return dropped
 
 
 def main(argv=None) -> int:
@@ -79,6 +98,7 @@ def main(argv=None) -> int:
             client.execute()
         except nbclient.exceptions.CellExecutionError as err:
             error = err  # still write what ran, so the failing cell can be read
+        drop_widget_outputs(nb)
         executed = args.out / path.name
         nbformat.write(nb, executed)
         written = [executed]

@@ -18,10 +18,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
-# Modules a notebook may import (top-level package names). IPython is allowed for its
+# Modules a notebook may import (top-level package names): llmppl and what it is built on,
+# matplotlib for plots, and a few standard-library modules. IPython is allowed for its
 # display helpers (``from IPython.display import ...``) only.
-ALLOWED_MODULES = {"llmppl", "pyro", "torch", "os", "sys", "math", "time"}
+ALLOWED_MODULES = {"llmppl", "pyro", "torch", "numpy", "matplotlib"} | {
+    "collections",
+    "functools",
+    "itertools",
+    "math",
+    "os",
+    "re",
+    "statistics",
+    "sys",
+    "time",
+}
 ALLOWED_IPYTHON = {"IPython.display"}
+
+SMOKE_SWITCH = 'SMOKE = "CI" in os.environ'
 
 # Seconds one cell may run under CI=1 before nbclient gives up on it.
 CELL_TIMEOUT_S = 300
@@ -81,8 +94,9 @@ def test_import_rule():
         "torch.nn",
     ]
     assert _allowed("IPython.display") and _allowed("pyro.poutine") and _allowed("math")
-    assert not _allowed("IPython") and not _allowed("numpy") and not _allowed("matplotlib.pyplot")
-    assert not _allowed("llmppl_extra")
+    assert _allowed("matplotlib.pyplot") and _allowed("numpy")
+    assert not _allowed("IPython") and not _allowed("pandas") and not _allowed("transformers")
+    assert not _allowed("llmppl_extra") and not _allowed("random")  # randomness comes from torch, seeded
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -117,6 +131,17 @@ def test_imports_only_public_modules(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_has_a_smoke_switch(path):
+    # the execution test relies on it to keep sizes tiny
+    sources = [c.source for _, c in _code_cells(_read(path))]
+    assert any(SMOKE_SWITCH in src for src in sources), f"{path.name}: no code cell sets {SMOKE_SWITCH!r}"
+
+
+def _needs_smollm2(nb) -> bool:
+    return any("load_smollm2" in c.source for _, c in _code_cells(nb))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_executes_without_error(path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -126,6 +151,13 @@ def test_executes_without_error(path, monkeypatch):
         # and on a machine shared with other jobs they make decoding many times slower.
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = _read(path)
+    if _needs_smollm2(nb):
+        from llmppl.models.hf import smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()
+        except ImportError as err:
+            pytest.skip(f"{path.name} loads SmolLM2: {err}")
     client = nbclient.NotebookClient(
         nb,
         kernel_name="python3",
@@ -136,3 +168,22 @@ def test_executes_without_error(path, monkeypatch):
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name}: a cell raised:\n{err}", pytrace=False)
+
+
+def test_run_notebooks_drops_progress_bars_from_the_exported_copies():
+    import importlib.util
+
+    nbformat = pytest.importorskip("nbformat")
+    spec = importlib.util.spec_from_file_location("run_notebooks", REPO_ROOT / "scripts" / "run_notebooks.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cell = nbformat.v4.new_code_cell("post = run()")
+    bar = {"text/plain": "Importance:   0%|", script.WIDGET_VIEW: {"model_id": "1"}}
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data=bar),
+        nbformat.v4.new_output("execute_result", data={"text/html": "<table></table>"}, execution_count=1),
+    ]
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    nb.metadata["widgets"] = {"state": {}}
+    assert script.drop_widget_outputs(nb) == 1
+    assert [list(o["data"]) for o in nb.cells[0].outputs] == [["text/html"]] and "widgets" not in nb.metadata

@@ -139,22 +139,77 @@ class Marginal:
         return f"Marginal({name}{{{shown}{more}}})"
 
     def _repr_html_(self, max_rows: int = 10) -> str:
-        """An HTML table of the most probable values with bars (Jupyter)."""
-        rows = []
-        for value, p in self.top(max_rows):
-            bar = f'<div style="background:#4c72b0;height:0.8em;width:{100 * p:.1f}%"></div>'
-            rows.append(
-                f"<tr><td style='text-align:left'><code>{html.escape(repr(value))}</code></td>"
-                f"<td>{p:.3f}</td><td style='width:12em'>{bar}</td></tr>"
-            )
-        more = f"<tr><td colspan=3>… {len(self) - max_rows} more values</td></tr>" if len(self) > max_rows else ""
-        title = f"<b>{html.escape(self.site)}</b> " if self.site else ""
-        return (
-            f"<div>{title}marginal ({len(self)} values)<table><tr><th>value</th><th>prob</th><th></th></tr>"
-            + "".join(rows)
-            + more
-            + "</table></div>"
+        """An HTML table of the most probable values, with probability bars (Jupyter).
+
+        Long values are shortened (the full value is the cell's tooltip); whitespace and
+        newlines show as in ``repr``. A bar's full width is probability 1.
+
+        >>> page = Marginal({"579": 3.0, "578": 1.0}, site="answer")._repr_html_()
+        >>> "answer" in page and "75.0%" in page and page.count("<tr>") == 3
+        True
+        """
+        top = self.top(max_rows)
+        rows = "".join(
+            "<tr>"
+            f"<td style='text-align:left'>{_value_cell(value)}</td>"
+            f"<td style='text-align:right'>{_percent(p)}</td>"
+            f"<td style='width:14em;text-align:left'>{_bar(p)}</td>"
+            "</tr>"
+            for value, p in top
         )
+        if len(self) > max_rows:
+            rest = 1.0 - sum(p for _, p in top)
+            rows += (
+                f"<tr><td colspan=3 style='text-align:left;color:#666'>… {len(self) - max_rows} more values "
+                f"({_percent(rest)} together)</td></tr>"
+            )
+        title = f"<b>{html.escape(str(self.site))}</b>: " if self.site else ""
+        noun = "value" if len(self) == 1 else "values"
+        return (
+            f"<div class='llmppl-marginal'>{title}marginal over {len(self)} distinct {noun}"
+            f"<table>{_header('value', 'probability', '')}{rows}</table></div>"
+        )
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _value_cell(value, limit: int = 60) -> str:
+    """A value as ``<code>``: its ``repr`` (whitespace visible), shortened, the full text as a tooltip."""
+    text = repr(value)
+    shown = html.escape(_shorten(text, limit))
+    tip = f" title='{html.escape(text, quote=True)}'" if len(text) > limit else ""
+    return f"<code style='white-space:pre'{tip}>{shown}</code>"
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}%" if p >= 0.001 else f"{100 * p:.2g}%"
+
+
+def _bar(fraction: float, color: str = "#4c72b0") -> str:
+    width = 100 * min(max(fraction, 0.0), 1.0)
+    return f"<div style='background:{color};height:0.8em;width:{width:.1f}%'></div>"
+
+
+def _header(*names: str) -> str:
+    return "<tr>" + "".join(f"<th style='text-align:left'>{html.escape(n)}</th>" for n in names) + "</tr>"
+
+
+_SUMMARY_NOTES = {
+    "ess": "effective sample size",
+    "log_evidence": "log of the estimated marginal likelihood",
+    "rounds": "engine rounds",
+    "resamples": "resampling steps between sites",
+    "token_resamples": "resampling steps inside steered sites",
+    "acceptance_rate": "accepted runs / attempts",
+}
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
 
 
 class Posterior:
@@ -358,29 +413,63 @@ class Posterior:
         parts = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.summary().items())
         return f"Posterior({self.algorithm + ', ' if self.algorithm else ''}{parts})"
 
-    def _repr_html_(self) -> str:
-        """A summary table, with the most probable value of every site (Jupyter)."""
-        rows = "".join(
-            f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
-            if isinstance(v, float)
-            else f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-            for k, v in self.summary().items()
+    def _site_kinds(self) -> dict[str, str]:
+        """Site name -> ``"observed"``/``"latent"``, from the recorded sites (empty without them)."""
+        kinds: dict[str, str] = {}
+        for records in self._sites or ():
+            for s in records:
+                kinds.setdefault(s.name, "observed" if s.is_observed else "latent")
+        return kinds
+
+    def _repr_html_(self, max_sites: int = 20) -> str:
+        """A summary table, then every site's most probable value with its probability (Jupyter).
+
+        >>> page = Posterior([{"x": "a"}, {"x": "b"}], torch.tensor([0.0, -1.0]))._repr_html_()
+        >>> "ess" in page and "73.1%" in page and "&#x27;a&#x27;" in page
+        True
+        """
+        summary = self.summary()
+        n, ess = summary["num_particles"], summary["ess"]
+        shown = {"ess": f"{ess:.4g} ({_percent(ess / n) if n else '–'} of {n})"}
+        table = "".join(
+            f"<tr><td style='text-align:left'><code>{html.escape(k)}</code></td>"
+            f"<td style='text-align:left'>{shown.get(k) or _number(v)}</td>"
+            f"<td style='text-align:left;color:#666'>{_SUMMARY_NOTES.get(k, '')}</td></tr>"
+            for k, v in summary.items()
         )
-        site_rows = []
-        if self.ess > 0:
-            for name in self.site_names()[:20]:
-                m = self.marginal(name)
+        names = self.site_names()
+        if any(r is not None for r in self.return_values):
+            names.append("_RETURN")
+        kinds = self._site_kinds()
+        if ess > 0:
+            site_rows = []
+            for name in names[:max_sites]:
+                try:
+                    m = self.marginal(name)
+                except InferenceError:  # only zero-weight particles reached this site
+                    continue
                 value, p = m.top(1)[0]
-                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+                label = "return value" if name == "_RETURN" else name
+                kind = kinds.get(name, "")
                 site_rows.append(
-                    f"<tr><td style='text-align:left'>{html.escape(name)}</td>"
-                    f"<td style='text-align:left'><code>{html.escape(shown)}</code></td>"
-                    f"<td>{p:.3f}</td><td>{len(m)}</td></tr>"
+                    f"<tr><td style='text-align:left'>{html.escape(label)}</td>"
+                    f"<td style='text-align:left;color:#666'>{kind}</td>"
+                    f"<td style='text-align:left'>{_value_cell(value, 48)}</td>"
+                    f"<td style='text-align:right'>{_percent(p)}</td>"
+                    f"<td style='width:8em;text-align:left'>{_bar(p)}</td>"
+                    f"<td style='text-align:right'>{len(m)}</td></tr>"
                 )
-        sites = (
-            "<table><tr><th>site</th><th>mode</th><th>prob</th><th>distinct</th></tr>" + "".join(site_rows) + "</table>"
-            if site_rows
-            else ""
-        )
+            if len(names) > max_sites:
+                site_rows.append(
+                    f"<tr><td colspan=6 style='text-align:left;color:#666'>… {len(names) - max_sites} more sites "
+                    "(<code>post.marginal(name)</code>)</td></tr>"
+                )
+            sites = (
+                f"<table>{_header('site', '', 'most probable value', 'probability', '', 'distinct')}"
+                + "".join(site_rows)
+                + "</table>"
+            )
+        else:
+            sites = "<p style='color:#b00'>every particle has zero weight: no marginals</p>"
         title = html.escape(self.algorithm or "Posterior")
-        return f"<div><b>{title}</b><table>{rows}</table>{sites}</div>"
+        return f"<div class='llmppl-posterior'><b>{title}</b><table>{table}</table>{sites}</div>"

@@ -77,3 +77,37 @@ def test_plot_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         _post().plot("answer")
+
+
+def test_marginal_html_shortens_long_values_and_counts_the_rest():
+    long = "1+5=6 c0; " * 20 + "<b>"
+    m = Marginal({long: 5.0, **{str(i): 1.0 for i in range(12)}}, site="work")
+    page = m._repr_html_(max_rows=3)
+    assert "<b>work</b>" in page and "13 distinct values" in page
+    assert '<b>"' not in page and "&lt;b&gt;" in page  # values are escaped
+    assert "…" in page and "title=" in page  # the long value is cut, its full repr is the tooltip
+    assert "… 10 more values (58.8% together)" in page  # 10 of 17 units of mass are not shown
+    assert page.count("<tr>") == 1 + 3 + 1
+    # a bar's width is the probability: 5/17 of the mass for the first row
+    assert f"width:{100 * 5 / 17:.1f}%" in page
+
+
+def test_posterior_html_sites_kinds_and_return_value(cascade):
+    post = Importance(cascade, num_samples=16, progress=False).run()
+    page = post._repr_html_()
+    for text in ("Importance", "num_particles", "ess", "log_evidence", "rounds", "return value", "observed", "latent"):
+        assert text in page, text
+    # one row per site plus the return value, plus the header
+    sites_table = page.split("<table>")[2]
+    assert sites_table.count("<tr>") == 1 + len(post.site_names()) + 1
+
+
+def test_posterior_html_when_every_weight_is_zero():
+    page = Posterior([{"x": "a"}], torch.tensor([-math.inf]))._repr_html_()
+    assert "every particle has zero weight" in page and "ess" in page
+
+
+def test_posterior_html_lists_at_most_max_sites():
+    post = Posterior([{f"s{i}": "v" for i in range(5)}], torch.zeros(1))
+    page = post._repr_html_(max_sites=2)
+    assert "s1" in page and "s2" not in page and "3 more sites" in page
