@@ -29,6 +29,7 @@ Rendering follows ``pyro.infer.inspect`` in three steps: relations (a plain dict
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import os
@@ -100,6 +101,13 @@ class _InterveneMessenger(Messenger):
             msg["done"] = True
         elif self.block and _is_string_dist(msg["fn"]):
             msg["value"] = _string_marker(msg["fn"], name)
+            msg["done"] = True
+        elif isinstance(_unwrap(msg["fn"]), LM) and _unwrap(msg["fn"]).potential is not None:
+            # plain sampling cannot honour a potential (that needs an inference engine); the
+            # graph only needs some value of the site, so draw it from the unsteered LM
+            unsteered = copy.copy(_unwrap(msg["fn"]))
+            unsteered.potential = None
+            msg["value"] = unsteered.sample()
             msg["done"] = True
 
     def _postprocess_message(self, msg):

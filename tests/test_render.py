@@ -1,5 +1,6 @@
 """Model graphs by intervention: the relations, not the pictures."""
 
+import math
 import re
 
 import pyro
@@ -319,3 +320,12 @@ def test_a_site_whose_every_probe_is_rejected_links_to_all_later_sites(lm):
 
     # nothing is known about what "later" would do with another key: be conservative
     assert edges(model) == [("key", "later")]
+
+
+def test_a_steered_site_is_drawn_unsteered(lm):
+    def steered():
+        a = pyro.sample("a", LM("a", model=lm, max_tokens=3, potential=lambda s: 0.0 if "b" not in s else -math.inf))
+        pyro.sample("b", LM(a, model=lm, max_tokens=3))
+
+    g = model_graph(steered)
+    assert set(g.edges) == {("a", "b")}
