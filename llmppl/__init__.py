@@ -13,7 +13,16 @@ from . import distributions, inference, models, ops
 from . import inference as infer  # llmppl.infer.Importance(...), as in DESIGN.md
 from .distributions import LM, Categorical, Delta, NextToken, get_default_model, set_default_model, use_model
 from .inference import SMC, Importance, InferenceError, Marginal, Posterior, Rejection
-from .models import ByteTokenizer, HFCausalLM, LanguageModel, PerformerLM, load_pretrained, load_smollm2
+from .models import (
+    ByteTokenizer,
+    HFCausalLM,
+    LanguageModel,
+    OpenAICompatibleLM,
+    PerformerLM,
+    RemoteModelError,
+    load_pretrained,
+    load_smollm2,
+)
 from .render import model_graph, model_relations, render_model
 
 __all__ = [
@@ -28,9 +37,11 @@ __all__ = [
     "LanguageModel",
     "Marginal",
     "NextToken",
+    "OpenAICompatibleLM",
     "PerformerLM",
     "Posterior",
     "Rejection",
+    "RemoteModelError",
     "__version__",
     "distributions",
     "get_default_model",

@@ -9,6 +9,7 @@ from .base import Completion, LanguageModel, State
 from .hf import HFCausalLM, load_smollm2
 from .performer import CheckpointError, PerformerConfig, PerformerLM, PerformerState
 from .pretrained import load_pretrained
+from .remote import OpenAICompatibleLM, RemoteModelError
 from .tokenizer import ByteTokenizer
 from .toy import CharTokenizer, ToyLM
 
@@ -19,9 +20,11 @@ __all__ = [
     "Completion",
     "HFCausalLM",
     "LanguageModel",
+    "OpenAICompatibleLM",
     "PerformerConfig",
     "PerformerLM",
     "PerformerState",
+    "RemoteModelError",
     "State",
     "ToyLM",
     "load_pretrained",
