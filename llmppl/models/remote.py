@@ -53,6 +53,7 @@ import math
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -106,6 +107,15 @@ class OpenAICompatibleLM(LanguageModel):
         row (raised, up to ``max_top_logprobs``, when a token is not among them).
     :param dict extra_body: more fields for every completions request (e.g. a vLLM
         ``{"top_k": -1}`` for an older vLLM); they override the defaults.
+    :param int score_cache_size: how many scored (prompt, value, ``max_tokens``, ``stop``)
+        log-probabilities are remembered (least recently used dropped first; ``0``: none).
+        A server does not reproduce its own log-probs bit for bit: llama.cpp's depend on
+        how much of the prompt it still holds from the request before (on one CI machine
+        a 3-token value scored -19.79 after one request and -19.82 after another). The
+        memo makes a string's score one number for the life of this object, so a sampled
+        value's ``log_prob`` and every later :meth:`score` of it agree exactly, and a
+        repeated score costs no request. :meth:`clear_score_cache` forgets them (after the
+        server loads other weights).
 
     >>> lm = OpenAICompatibleLM("http://127.0.0.1:8000", "m", max_concurrency=2)
     >>> lm.completions_url, lm.tokenizer is None
@@ -132,6 +142,7 @@ class OpenAICompatibleLM(LanguageModel):
         top_logprobs: int = 20,
         max_top_logprobs: int = 1000,
         extra_body: dict | None = None,
+        score_cache_size: int = 4096,
     ):
         if not isinstance(base_url, str):
             raise TypeError(f"base_url: expected a str like 'http://127.0.0.1:8000/v1', got {type(base_url).__name__}")
@@ -143,6 +154,8 @@ class OpenAICompatibleLM(LanguageModel):
         for name, value in (("max_concurrency", max_concurrency), ("top_logprobs", top_logprobs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if isinstance(score_cache_size, bool) or not isinstance(score_cache_size, int) or score_cache_size < 0:
+            raise ValueError(f"score_cache_size: expected an int >= 0 (0: no memo), got {score_cache_size!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
         for name, value in (("timeout", timeout), ("backoff", backoff)):
@@ -170,6 +183,18 @@ class OpenAICompatibleLM(LanguageModel):
         self.alignments: dict[str, str] = {}
         self.num_requests = 0  # successful requests, for benchmarks
         self._lock = threading.Lock()
+        self.score_cache_size = score_cache_size
+        self._scores: OrderedDict[tuple, float] = OrderedDict()  # see score_cache_size
+
+    def clear_score_cache(self) -> None:
+        """Forget every remembered score (see ``score_cache_size``).
+
+        >>> lm = OpenAICompatibleLM("http://127.0.0.1:8000", "m")
+        >>> lm.clear_score_cache(); len(lm._scores)
+        0
+        """
+        with self._lock:
+            self._scores.clear()
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleLM({self.root!r}, model={self.model!r}, max_concurrency={self.max_concurrency})"
@@ -374,7 +399,9 @@ class OpenAICompatibleLM(LanguageModel):
         there (a value containing a stop string is ``-inf``). A value of exactly
         ``max_tokens`` tokens ends by the length limit; one of more is ``-inf``. The
         prompt must end at a token boundary of ``prompt + value`` (no trailing space,
-        for BPE models), since the server tokenizes the text it is sent.
+        for BPE models), since the server tokenizes the text it is sent. Scores are
+        remembered (``score_cache_size``): asked again, a pair costs no request and gets
+        the same number.
 
         :returns: ``Tensor[N]`` (default float dtype).
 
@@ -395,7 +422,14 @@ class OpenAICompatibleLM(LanguageModel):
         out_dtype = torch.get_default_dtype()
         if not prompts:
             return torch.zeros(0, dtype=out_dtype)
-        items = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
+        memo_key = (max_tokens, stops)
+        lps = {}
+        with self._lock:
+            for pv in dict.fromkeys(zip(prompts, continuations, strict=True)):
+                if (pv, memo_key) in self._scores:
+                    self._scores.move_to_end((pv, memo_key))
+                    lps[pv] = self._scores[(pv, memo_key)]
+        items = [pv for pv in dict.fromkeys(zip(prompts, continuations, strict=True)) if pv not in lps]
         jobs = []  # (item index, prompt, value, kind, ending text)
         for k, (p, v) in enumerate(items):
             if stops and find_stop(v, stops) is not None:
@@ -413,7 +447,6 @@ class OpenAICompatibleLM(LanguageModel):
                 if per_item[k]["eos"] and per_item[k]["eos"][0][0] < max_tokens
                 for e in self.eos_tokens[1:]
             ]
-        lps = {}
         for (p, v), got in zip(items, per_item, strict=True):
             terms = [lp for n, lp in got["stop"] if n <= max_tokens]
             plain = got["eos"] or got["length"]  # (value tokens, value path log-prob, ending log-prob)
@@ -430,6 +463,12 @@ class OpenAICompatibleLM(LanguageModel):
                         )
                     terms.append(path + _logsumexp([end for _, _, end in got["eos"]]))
             lps[(p, v)] = _logsumexp(terms)
+        if self.score_cache_size:
+            with self._lock:
+                for pv in items:
+                    self._scores[(pv, memo_key)] = lps[pv]
+                while len(self._scores) > self.score_cache_size:
+                    self._scores.popitem(last=False)
         return torch.tensor([lps[pv] for pv in zip(prompts, continuations, strict=True)], dtype=torch.float64).to(
             out_dtype
         )

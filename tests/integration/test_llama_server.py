@@ -159,7 +159,14 @@ def test_sampled_log_probs_are_scores(remote):
     texts = [c.text for c in completions]
     scores = remote.score(prompt, texts, max_tokens=3, stop="\n").tolist()
     for c, s in zip(completions, scores, strict=True):
-        assert "\n" not in c.text and math.isfinite(c.log_prob) and c.log_prob == pytest.approx(s, abs=1e-6)
+        # exactly: the score of a sampled text is remembered (OpenAICompatibleLM's score_cache_size)
+        assert "\n" not in c.text and math.isfinite(c.log_prob) and c.log_prob == s
+    # asked afresh, llama.cpp's answer depends on the prefix it still holds from the request
+    # before: on one CI machine -19.79 and -19.82 for one 3-token value; a misread row is nats off
+    fresh = OpenAICompatibleLM(remote.root + "/v1", "smollm2", eos_token=EOG, score_cache_size=0, timeout=300)
+    again = fresh.score(prompt, texts, max_tokens=3, stop="\n").tolist()
+    for s, a in zip(scores, again, strict=True):
+        assert abs(s - a) < 0.05 * 4, (texts, scores, again)  # at most 3 value rows and an ending row
 
 
 def cascade(lm):

@@ -42,8 +42,12 @@ class ToyServer:
         delay=0.0,
         eos_string=EOS_TEXT,
         invisible_greedy=False,
+        jitter=0.0,
     ):
         self.lm = lm
+        # every log-prob of the k-th request moves by jitter * (k % 3): a server that does not
+        # reproduce its own numbers across requests (llama.cpp, by the prefix it still holds)
+        self.jitter = jitter
         self.alignment = alignment  # "aligned", "shifted" or "garbled"
         self.honor_n = honor_n
         self.failures = list(failures)  # statuses answered, in order, before serving normally
@@ -117,7 +121,8 @@ class ToyServer:
     def dist(self, ids: list[int]) -> torch.Tensor:
         """Next-token log-probs after BOS + ids (the distribution the server samples from)."""
         lm = self.lm
-        return lm.step_logprobs(lm.prefill([[lm.tokenizer.bos_id, *ids]]))[0].double()
+        lp = lm.step_logprobs(lm.prefill([[lm.tokenizer.bos_id, *ids]]))[0].double()
+        return lp + self.jitter * (len(self.requests) % 3)
 
     def top(self, lp: torch.Tensor, k: int) -> dict:
         vals, idx = lp.topk(min(k, lp.shape[0]))
@@ -257,6 +262,34 @@ def test_sample_returns_exact_log_probs_and_honours_stop(make_server, toy):
     # distinct seeds per request: six draws of one prompt are not all the same string
     assert len({c.text for c in completions[:6]}) > 1
     assert len({r["seed"] for r in server.requests if "seed" in r and "logprobs" not in r}) == 9
+
+
+def test_a_score_is_one_number_however_often_it_is_asked(make_server, toy):
+    server = make_server(jitter=0.004)
+    lm = remote(server)
+    completions = lm.sample(["ab"] * 4, max_tokens=3, stop="bb", generator=torch.Generator().manual_seed(1))
+    before = len(server.requests)
+    again = lm.score("ab", [c.text for c in completions], max_tokens=3, stop="bb")
+    assert [c.log_prob for c in completions] == again.tolist()  # exactly: remembered, not asked again
+    assert len(server.requests) == before
+    # another max_tokens or stop is another question
+    lm.score("ab", [completions[0].text], max_tokens=4, stop="bb")
+    assert len(server.requests) > before
+    # without the memo the same question gets the server's jittered answers
+    plain = remote(server, score_cache_size=0, max_concurrency=1)  # a fixed request order
+    values = ["a", "ba", "aab"]
+    first = plain.score("ab", values, max_tokens=3, stop="bb")
+    n = len(server.requests)
+    second = plain.score("ab", values, max_tokens=3, stop="bb")
+    assert len(server.requests) > n and not torch.equal(first, second)
+    want = toy.score("ab", values, max_tokens=3, stop="bb")
+    assert torch.allclose(second.double(), want.double(), atol=0.05)
+    # the memo is bounded, least recently used out first, and can be emptied
+    small = remote(server, score_cache_size=2)
+    small.score("ab", values, max_tokens=3, stop="bb")
+    assert [k[0][1] for k in small._scores] == ["ba", "aab"]
+    small.clear_score_cache()
+    assert not small._scores
 
 
 def test_sampling_requests_switch_off_server_side_truncation(make_server):
@@ -421,5 +454,7 @@ def test_bad_arguments_name_themselves():
         OpenAICompatibleLM("http://127.0.0.1:8000", "")
     with pytest.raises(ValueError, match="max_concurrency: expected an int >= 1, got 0"):
         OpenAICompatibleLM("http://127.0.0.1:8000", "m", max_concurrency=0)
+    with pytest.raises(ValueError, match=r"score_cache_size: expected an int >= 0 \(0: no memo\), got -1"):
+        OpenAICompatibleLM("http://127.0.0.1:8000", "m", score_cache_size=-1)
     with pytest.raises(TypeError, match=r"prompts\[0\]: expected a str"):
         OpenAICompatibleLM("http://127.0.0.1:8000", "m").sample([3])
