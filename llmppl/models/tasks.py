@@ -13,7 +13,12 @@ Formats (the arithmetic ones are a contract; every line ends with ``\n``):
   (digit by digit from the least significant; the first step has no carry in; a missing
   digit of the shorter operand is ``0``)
 - ``verifier``: ``Verify: 4721+385\nWork: ...\nA: 5106\nOK: yes\n``; half the cases are
-  ``no`` with exactly one corruption: a wrong step sum, a wrong carry out, or a wrong answer.
+  ``no`` with exactly one corruption: a wrong step sum, a wrong carry out, a wrong answer,
+  or (two times in five) a step that misreads an operand digit, two adjacent digits swapped
+  or one digit replaced, with the rest of the work and the answer following from it
+  consistently. That last kind is the error a scratchpad sampled from the model makes
+  (35 of 36 wrong 5-digit scratchpads of the step-10400 checkpoint), and only a verifier
+  that checks the steps against the question catches it.
 - ``calculator`` (tool use): ``Q: <a word problem>\nCall: calc(<expr>)\nResult: <value>\nA: <value>\n``;
   the model writes the ``Call`` line, a program writes the ``Result`` line
   (:func:`calculator`), the model answers from it.
@@ -107,16 +112,27 @@ def addition_work(a: int, b: int) -> str:
     """
     if a < 0 or b < 0:
         raise ValueError(f"addition_work: expected non-negative operands, got {a}, {b}")
+    return _work_of_digits(*_digit_columns(a, b))[0]
+
+
+def _digit_columns(a: int, b: int) -> tuple[list[int], list[int]]:
+    """The operands' digits from the least significant, the shorter one padded with 0."""
     da, db = str(a)[::-1], str(b)[::-1]
-    steps, carry = [], None
-    for i in range(max(len(da), len(db))):
-        x = int(da[i]) if i < len(da) else 0
-        y = int(db[i]) if i < len(db) else 0
+    n = max(len(da), len(db))
+    return [int(da[i]) if i < len(da) else 0 for i in range(n)], [int(db[i]) if i < len(db) else 0 for i in range(n)]
+
+
+def _work_of_digits(xs: list[int], ys: list[int]) -> tuple[str, str]:
+    """The scratchpad and the answer that follow from these digit columns (least significant first)."""
+    steps, carry, out = [], None, []
+    for x, y in zip(xs, ys, strict=True):
         s = x + y + (carry or 0)
         head = f"{x}+{y}" if carry is None else f"{x}+{y}+{carry}"
         carry = s // 10
         steps.append(f"{head}={s} c{carry}")
-    return "; ".join(steps)
+        out.append(str(s % 10))
+    answer = str(int(("1" if carry else "") + "".join(reversed(out))))
+    return "; ".join(steps), answer
 
 
 _STEP = re.compile(r"^(\d)\+(\d)(?:\+(\d))?=(\d+) c(\d)$")
@@ -178,7 +194,19 @@ def _corrupt(rng: random.Random, a: int, b: int) -> tuple[str, str, str]:
     """A worked solution of ``a+b`` with exactly one corruption: (work, answer, kind)."""
     steps = addition_work(a, b).split("; ")
     answer = str(a + b)
-    kind = rng.choice(["step", "carry", "answer"])
+    kind = rng.choice(["step", "carry", "answer", "operand", "operand"])
+    if kind == "operand":
+        xs, ys = _digit_columns(a, b)
+        digits = rng.choice([xs, ys])
+        swaps = [j for j in range(len(digits) - 1) if digits[j] != digits[j + 1]]
+        if swaps and rng.random() < 0.5:  # two adjacent digits read in each other's place
+            j = rng.choice(swaps)
+            digits[j], digits[j + 1] = digits[j + 1], digits[j]
+        else:
+            j = rng.randrange(len(digits))
+            digits[j] = rng.choice([d for d in range(10) if d != digits[j]])
+        work, answer = _work_of_digits(xs, ys)
+        return work, answer, kind
     i = rng.randrange(len(steps))
     head, tail = steps[i].split("=")
     s, c = tail.split(" c")

@@ -65,11 +65,21 @@ def test_verifier_balanced_with_each_corruption():
     yes = sum(p.target == "yes" for p in probs)
     assert 240 < yes < 360
     kinds = {p.meta["corruption"] for p in probs if p.target == "no"}
-    assert kinds == {"step", "carry", "answer"}
+    assert kinds == {"step", "carry", "answer", "operand"}
     for p in probs:
         if p.target == "no":
             a, b = p.meta["a"], p.meta["b"]
             assert p.text != f"Verify: {a}+{b}\nWork: {T.addition_work(a, b)}\nA: {a + b}\nOK: no\n"
+        if p.meta["corruption"] == "operand":
+            # a misread digit: every step adds up and the answer follows from the work, but
+            # the digits of some step are not the question's
+            work, answer = p.prompt.split("Work: ")[1].split("\nA: ")
+            answer = answer.split("\n")[0]
+            steps = T.parse_addition_work(work)
+            assert all(x + y + (c or 0) == s and co == s // 10 for x, y, c, s, co in steps)
+            digits = "".join(str(s % 10) for *_, s, _ in reversed(steps))
+            assert int(str(steps[-1][-1]) + digits) == int(answer) != a + b
+            assert work != T.addition_work(a, b)
 
 
 def test_calculator_tool():
