@@ -7,7 +7,11 @@ weights, optimiser, step) every ``--save-every`` steps, resumed automatically fr
 ``--out``; the batches are a pure function of ``--seed`` and the step, so a run resumed
 from a checkpoint sees the same data as an uninterrupted one. ``--max-digits
 '{"scratchpad": 3, "verifier": 3}'`` caps the operand length of the addition tasks (the
-STaR regime: worked solutions only up to 3 digits); without it nothing changes.
+STaR regime: worked solutions only up to 3 digits); without it nothing changes. With
+``--max-digits-until STEP`` the cap is a curriculum: it holds below ``STEP``, then every
+length is trained (the model learns to copy digits on short operands first; see
+BENCHMARKS.md). ``--init pretrained`` (or a checkpoint folder) goes on training existing
+weights with a fresh optimiser and schedule, where no ``train_state.pt`` is at hand.
 
 Fine-tuning an existing model on documents (STaR's rationales, or any text):
 :func:`fine_tune` in Python, or on the command line::
@@ -272,8 +276,33 @@ def build_parser() -> argparse.ArgumentParser:
         help='longest operand per addition task as JSON, e.g. \'{"scratchpad": 3, "verifier": 3}\' '
         "(default: the generators' own, up to 6)",
     )
+    p.add_argument(
+        "--max-digits-until",
+        type=int,
+        default=None,
+        help="the --max-digits cap holds for steps below this one, then every length is trained "
+        "(a curriculum: short operands until the model copies digits; default: the whole run)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this checkpoint folder's weights (and its model config) with a fresh optimiser "
+        "and schedule; 'pretrained' is the shipped one (default: random initialisation)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
     return p
+
+
+def _init_weights(path: str | None) -> PerformerLM | None:
+    if path is None:
+        return None
+    if path == "pretrained":
+        from .pretrained import load_pretrained
+
+        return load_pretrained()
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"--init: expected 'pretrained' or a checkpoint folder with config.json, got {path!r}")
+    return PerformerLM.from_pretrained(path)
 
 
 def _parse_max_digits(text: str | None) -> dict[str, int] | None:
@@ -313,19 +342,35 @@ def train(args) -> PerformerLM:
     from tqdm import tqdm
 
     max_digits = _parse_max_digits(getattr(args, "max_digits", None))
+    until = getattr(args, "max_digits_until", None)
+    if until is not None and (max_digits is None or until < 0):
+        raise ValueError(
+            f"--max-digits-until: expected a step >= 0 together with --max-digits, got {until} "
+            f"with --max-digits {getattr(args, 'max_digits', None)!r}"
+        )
+    init = _init_weights(getattr(args, "init", None))
+    if init is not None:  # the architecture is the checkpoint's
+        for name in ("d_model", "n_layers", "n_heads", "num_features", "mlp_ratio"):
+            setattr(args, name, getattr(init.config, name))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     weights = json.loads(args.weights) if args.weights else dict(T.DEFAULT_WEIGHTS)
-    config = PerformerConfig(
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        num_features=args.num_features,
-        mlp_ratio=args.mlp_ratio,
-        projection_seed=args.seed,
+    config = (
+        init.config
+        if init is not None
+        else PerformerConfig(
+            d_model=args.d_model,
+            n_layers=args.n_layers,
+            n_heads=args.n_heads,
+            num_features=args.num_features,
+            mlp_ratio=args.mlp_ratio,
+            projection_seed=args.seed,
+        )
     )
     model = PerformerLM(config).to(args.device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -369,8 +414,9 @@ def train(args) -> PerformerLM:
     t_last = time.time()
     while step < args.steps:
         model.train()
+        capped = max_digits if until is None or step < until else None
         ids, w, task = make_batch(
-            step, seed=args.seed, batch_tokens=args.batch_tokens, weights=weights, tokenizer=tok, max_digits=max_digits
+            step, seed=args.seed, batch_tokens=args.batch_tokens, weights=weights, tokenizer=tok, max_digits=capped
         )
         ids, w = ids.to(args.device), w.to(args.device)
         for g in opt.param_groups:

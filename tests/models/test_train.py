@@ -152,3 +152,37 @@ def test_max_digits_caps_the_addition_tasks_only_when_asked():
     assert longest > len("Verify: 999+999")
     with pytest.raises(ValueError, match="max-digits"):
         train(build_parser().parse_args(["--out", "x", "--max-digits", '{"calculator": 2}']))
+
+
+def test_max_digits_until_is_a_curriculum(tmp_path, monkeypatch):
+    import llmppl.models.train as train_module
+
+    seen = {}
+    real = train_module.make_batch
+
+    def spy(step, **kwargs):
+        seen[step] = kwargs["max_digits"]
+        return real(step, **kwargs)
+
+    monkeypatch.setattr(train_module, "make_batch", spy)
+    cap = '{"scratchpad": 2}'
+    args = ["--out", str(tmp_path), "--steps", "4", "--max-digits", cap, "--max-digits-until", "2", *TINY]
+    train(build_parser().parse_args(args))
+    assert seen == {0: {"scratchpad": 2}, 1: {"scratchpad": 2}, 2: None, 3: None}
+    with pytest.raises(ValueError, match=r"--max-digits-until: expected a step >= 0 together with --max-digits"):
+        train(build_parser().parse_args(["--out", str(tmp_path / "x"), "--max-digits-until", "5", *TINY]))
+
+
+def test_init_goes_on_from_a_checkpoints_weights(tmp_path):
+    first = train(build_parser().parse_args(["--out", str(tmp_path / "a"), "--steps", "2", *TINY]))
+    # lr 0: one step changes nothing, so the run must start exactly where the checkpoint ended;
+    # the architecture is the checkpoint's whatever --d-model says
+    args = ["--out", str(tmp_path / "b"), "--steps", "1", "--lr", "0", "--init", str(tmp_path / "a" / "final")]
+    again = train(build_parser().parse_args([*args, *TINY, "--d-model", "32"]))
+    assert again.config == first.config
+    for (n, p), (_, q) in zip(first.state_dict().items(), again.state_dict().items(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+    fresh = train(build_parser().parse_args(["--out", str(tmp_path / "c"), "--steps", "1", "--lr", "0", *TINY]))
+    assert not torch.equal(fresh.state_dict()["embed.weight"], first.state_dict()["embed.weight"])
+    with pytest.raises(FileNotFoundError, match=r"--init: expected 'pretrained' or a checkpoint folder"):
+        train(build_parser().parse_args(["--out", str(tmp_path / "d"), "--init", str(tmp_path), *TINY]))
