@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import FavorState, causal_linear_attention, favor_features, orthogonal_random_features
-from .base import LanguageModel
+from .base import LanguageModel, normalize_stop
 from .tokenizer import ByteTokenizer
 
 __all__ = ["CheckpointError", "PerformerConfig", "PerformerLM", "PerformerState"]
@@ -418,17 +418,19 @@ class PerformerLM(nn.Module, LanguageModel):
         prompt: str | list[str],
         *,
         max_tokens: int = 64,
-        stop: str | None = "\n",
+        stop: str | list[str] | None = "\n",
         greedy: bool = True,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ):
         """Greedy (default) or sampled continuations of one prompt or a batch, stopping at
-        ``stop`` (excluded), EOS or ``max_tokens``.
+        ``stop`` (a string or a list of them; excluded), EOS or ``max_tokens``.
 
         >>> lm = PerformerLM(PerformerConfig.tiny())
         >>> isinstance(lm.generate("Q: 1+1\\nA:", max_tokens=3), str)
         True
+        >>> lm.generate(["Q: 1+1\\nA:"], max_tokens=3, stop=[" A:", "\\n"])[0].endswith(" A:")
+        False
         """
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
@@ -439,7 +441,12 @@ class PerformerLM(nn.Module, LanguageModel):
         state = self.prefill([self.encode_prompt(p) for p in prompts])
         out = [[] for _ in prompts]
         done = torch.zeros(len(prompts), dtype=torch.bool)
-        stop_b = None if stop is None else stop.encode("utf-8", "surrogateescape")
+        # longest first: of two stops ending at the same byte, the longer one starts earlier
+        stops_b = sorted(
+            (t.encode("utf-8", "surrogateescape") for t in normalize_stop(stop, where="generate: stop")),
+            key=len,
+            reverse=True,
+        )
         for _ in range(max_tokens):
             lp = self.step_logprobs(state)  # BOS and PAD never generated
             if greedy:
@@ -453,9 +460,11 @@ class PerformerLM(nn.Module, LanguageModel):
                     done[i] = True
                     continue
                 out[i].append(t)
-                if stop_b and bytes(out[i][-len(stop_b) :]) == stop_b:
-                    del out[i][-len(stop_b) :]
-                    done[i] = True
+                for stop_b in stops_b:
+                    if bytes(out[i][-len(stop_b) :]) == stop_b:
+                        del out[i][-len(stop_b) :]
+                        done[i] = True
+                        break
             if bool(done.all()):
                 break
             tok = torch.where(tok >= 256, torch.zeros_like(tok), tok)  # finished rows: any token

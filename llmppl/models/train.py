@@ -155,10 +155,10 @@ def _weighted_loss(model: PerformerLM, ids: torch.Tensor, weight: torch.Tensor) 
 # ------------------------------------------------------------------ evaluation
 
 
-def _greedy(model, prompts, max_tokens, batch=64):
+def _greedy(model, prompts, max_tokens, batch=64, stop="\n"):
     out = []
     for i in range(0, len(prompts), batch):
-        out += model.generate(prompts[i : i + batch], max_tokens=max_tokens, stop="\n")
+        out += model.generate(prompts[i : i + batch], max_tokens=max_tokens, stop=stop)
     return out
 
 
@@ -210,7 +210,8 @@ def evaluate(model: PerformerLM, metric: str, n: int = 100, *, seed: int = 1234,
         return sum(a.strip() == p.meta["result"] for a, p in zip(answers, probs, strict=True)) / n
     if metric == "twenty_questioner":
         probs = _problems("twenty_questioner", n, seed)
-        moves = _greedy(model, [p.prompt for p in probs], 40, batch)
+        # the move ends where the answerer's turn begins, as in cascades.twenty_questions
+        moves = _greedy(model, [p.prompt for p in probs], 40, batch, stop=[" A:", "\n"])
         return sum(m.strip() == p.target for m, p in zip(moves, probs, strict=True)) / n
     if metric == "si_step":
         cases = []  # (problem, known, prompt)

@@ -97,6 +97,24 @@ def test_generate_greedy_matches_argmax(lm):
         assert int(_full_logprobs(lm, ids)[-1][:258].argmax()) == lm.tokenizer.eos_id
 
 
+def test_generate_stops_at_the_earliest_of_several_stop_strings(lm):
+    # sampled, with stops cut from the text itself; each generate draws the same tokens
+    def draw(stop):
+        return lm.generate(
+            ["Q:"] * 3, max_tokens=10, stop=stop, greedy=False, generator=torch.Generator().manual_seed(3)
+        )
+
+    full = draw(None)
+    i, text = max(enumerate(full), key=lambda t: len(t[1]))
+    assert len(text) >= 8, full
+    # a later, longer stop and an earlier one; two that end at the same byte
+    for stops in ([text[5:8], text[2:4]], [text[3:6], text[4:6]]):
+        cut = min(text.find(s) for s in stops)
+        assert draw(stops)[i] == text[:cut], (text, stops)
+    with pytest.raises(ValueError, match="generate: stop"):
+        lm.generate("Q:", stop=[""])
+
+
 def test_out_of_range_token_ids(lm):
     with pytest.raises(ValueError, match="prompt token ids"):
         lm.prefill([[256, 999]])
