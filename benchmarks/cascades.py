@@ -10,7 +10,7 @@ Sections (``--sections``, default all but ``star``):
 - ``twenty``: twenty questions, the Performer as questioner and answerer, one game per
   hidden object (``--games``, cycling through the knowledge base): success (the guess is
   the object) within 20 turns, mean turns, and how often the posterior's mode given the
-  transcript is the object.
+  transcript is the object (the exact posterior, :func:`~llmppl.cascades.object_posterior`).
 - ``hf``: the same direct and scratchpad cascades on SmolLM2-135M-Instruct through
   ``HFCausalLM`` (``llmppl.load_smollm2()``, local files only) at ``--hf-digits`` digits,
   with few-shot prompts written for it (:class:`~llmppl.cascades.PromptStyle`: worked
@@ -38,7 +38,7 @@ import llmppl
 from llmppl.cascades import PromptStyle, few_shot, star_loop
 from llmppl.cascades.addition import METHODS, compare, held_out_additions
 from llmppl.cascades.star import addition_problems
-from llmppl.cascades.twenty import OBJECTS, infer_object, play
+from llmppl.cascades.twenty import OBJECTS, object_posterior, play
 
 SECTIONS = ("arithmetic", "twenty", "hf", "star")
 
@@ -55,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", nargs="+", default=["arithmetic", "twenty", "hf"], choices=SECTIONS)
     p.add_argument("--checkpoint", default=None, help="Performer checkpoint folder (default: the shipped one)")
     p.add_argument("--games", type=int, default=36, help="twenty-questions games (default: one per object)")
-    p.add_argument("--game-particles", type=int, default=64, help="particles for the posterior over the object")
     p.add_argument("--hf-n", type=int, default=None, help="problems per SmolLM2 row (default: --n)")
     p.add_argument("--hf-digits", type=int, nargs="+", default=[2])
     p.add_argument("--hf-methods", nargs="+", default=["direct", "scratchpad"], choices=METHODS)
@@ -118,8 +117,9 @@ def twenty(lm, args, report: dict) -> str:
     for i in range(args.games):
         obj = OBJECTS[i % len(OBJECTS)]
         game = play(obj, model=lm, max_turns=20)
-        probs, _ = infer_object(game["transcript"], num_particles=args.game_particles, model=lm)
+        probs = object_posterior(game["transcript"], model=lm)  # exact, by enumeration
         game["map_object"] = next(iter(probs))
+        game["p_object"] = probs.get(obj, 0.0)
         games.append(game)
     seconds = time.perf_counter() - start
     n = len(games)
@@ -127,12 +127,14 @@ def twenty(lm, args, report: dict) -> str:
     guessed = sum(g["guess"] is not None for g in games)
     inferred = sum(g["map_object"] == g["object"] for g in games)
     turns = sum(g["turns"] for g in games) / n
+    p_object = sum(g["p_object"] for g in games) / n
     report["twenty"] = {
         "games": n,
         "success": won / n,
         "guessed": guessed / n,
         "mean_turns": turns,
         "posterior_mode_right": inferred / n,
+        "mean_posterior_of_object": p_object,
         "seconds": seconds,
         "transcripts": games,
     }
@@ -140,9 +142,11 @@ def twenty(lm, args, report: dict) -> str:
         [
             f"### Twenty questions, Performer as questioner and answerer, {n} games",
             "",
-            "| success within 20 turns | guessed at all | mean turns | posterior mode = object | s/game |",
-            "|---|---|---|---|---|",
-            f"| {won / n:.1%} | {guessed / n:.1%} | {turns:.1f} | {inferred / n:.1%} | {seconds / n:.1f} |",
+            "| success within 20 turns | guessed at all | mean turns | posterior mode = object "
+            "| mean posterior of the object | s/game |",
+            "|---|---|---|---|---|---|",
+            f"| {won / n:.1%} | {guessed / n:.1%} | {turns:.1f} | {inferred / n:.1%} | {p_object:.1%} "
+            f"| {seconds / n:.1f} |",
         ]
     )
 

@@ -37,7 +37,7 @@ from .scratchpads import direct, scratchpad
 from .selection import selection_inference
 from .star import star_document, star_loop, star_pair, star_rationales
 from .tools import ToolError, evaluate_expression, safe_calculator, tool_use
-from .twenty import infer_object, play, twenty_questions
+from .twenty import infer_object, object_posterior, play, twenty_questions
 from .verifiers import verified_scratchpad
 
 EXAMPLES = {
@@ -61,6 +61,7 @@ __all__ = [
     "evaluate_expression",
     "few_shot",
     "infer_object",
+    "object_posterior",
     "play",
     "prompts",
     "safe_calculator",

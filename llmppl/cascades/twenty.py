@@ -37,16 +37,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyro
+import torch
 
 import llmppl
 from llmppl import LM
-from llmppl.distributions import Categorical, Delta
+from llmppl.distributions import Categorical, Delta, get_default_model
 from llmppl.models import tasks
 
 from ._common import example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 
-__all__ = ["OBJECTS", "answerer_prompt", "infer_object", "play", "questioner_prompt", "run_example", "twenty_questions"]
+__all__ = [
+    "OBJECTS",
+    "answerer_prompt",
+    "infer_object",
+    "object_posterior",
+    "play",
+    "questioner_prompt",
+    "run_example",
+    "twenty_questions",
+]
 
 OBJECTS: tuple[str, ...] = tuple(tasks.KNOWLEDGE_BASE)
 
@@ -165,8 +175,65 @@ def play(hidden_object: str, **game_kwargs) -> dict:
     return {"object": hidden_object, "transcript": transcript, "guess": guess, "turns": len(transcript)}
 
 
+def object_posterior(
+    transcript: Sequence[tuple[str, str]],
+    *,
+    model=None,
+    answerer_model=None,
+    objects: Sequence[str] = OBJECTS,
+    answerer_top_k: int | None = 1,
+    answerer_style: PromptStyle | None = None,
+) -> dict[str, float]:
+    """The exact posterior over the hidden object given a transcript, by enumerating ``objects``.
+
+    The questioner does not know the object, so its questions carry no evidence about it:
+    p(object | transcript) is proportional to p(object) times the product over turns of
+    p_answerer(answer_t | object, question_t),
+    one batched :meth:`score` call for every object and turn. Unlike :func:`infer_object`
+    (importance sampling from the prior), it cannot miss the one object a greedy answerer
+    (``answerer_top_k=1``) is consistent with. ``ValueError`` if no object can give the answers.
+
+    :returns: object -> probability, most probable first.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> lm = ToyLM(alphabet=string.printable)
+    >>> probs = object_posterior([("Can it fly?", "no")], model=lm, objects=["dog", "eagle"],
+    ...                          answerer_top_k=None)
+    >>> sorted(probs), round(sum(probs.values()), 6)
+    (['dog', 'eagle'], 1.0)
+    """
+    lm = answerer_model if answerer_model is not None else model
+    if lm is None:
+        lm = get_default_model()
+    style = resolve_style(answerer_style, lm)
+    objects = list(objects)
+    if not objects:
+        raise ValueError("object_posterior: objects: expected at least one object, got none")
+    prompts = [answerer_prompt(o, q, style) for o in objects for q, _ in transcript]
+    values = [style.value(a) for _ in objects for _, a in transcript]
+    if prompts:
+        lp = lm.score(prompts, values, max_tokens=4, stop="\n", top_k=answerer_top_k).double()
+        lp = lp.view(len(objects), len(transcript)).sum(1)
+    else:
+        lp = torch.zeros(len(objects), dtype=torch.float64)
+    if not torch.isfinite(lp).any():
+        raise ValueError(
+            f"object_posterior: no object in {objects[:5]}{'...' if len(objects) > 5 else ''} gives every answer of "
+            f"the transcript under the answerer (answerer_top_k={answerer_top_k}); "
+            "expected at least one consistent object"
+        )
+    probs = torch.softmax(lp, 0).tolist()
+    return dict(sorted(zip(objects, probs, strict=True), key=lambda kv: -kv[1]))
+
+
 def infer_object(transcript: Sequence[tuple[str, str]], *, num_particles: int = 256, **game_kwargs):
     """The posterior over the hidden object given a transcript, by importance sampling from the prior.
+
+    The whole game as one Pyro program under :class:`~llmppl.inference.Importance`. With
+    a greedy answerer usually one object gives every answer, and ``num_particles`` draws
+    from the prior may all miss it (``InferenceError``: every particle has zero weight):
+    :func:`object_posterior` enumerates the objects exactly.
 
     :returns: ``(probs, posterior)``: object -> probability (sums to 1) and the
         :class:`~llmppl.inference.Posterior`.

@@ -6,7 +6,7 @@ import pytest
 from pyro import poutine
 
 from llmppl import LM
-from llmppl.cascades import infer_object, play, twenty, twenty_questions
+from llmppl.cascades import infer_object, object_posterior, play, twenty, twenty_questions
 from llmppl.distributions import Categorical
 from llmppl.models import tasks
 
@@ -98,6 +98,35 @@ def test_posterior_is_consistent_with_a_toy_answerer(questioner, lm):
 
     consistent = {o for o in OBJECTS if all(greedy(o, q) == a for q, a in game["transcript"])}
     assert set(probs) <= consistent
+
+
+def test_object_posterior_enumerates_exactly(questioner, lm):
+    # a greedy toy answerer: the posterior is uniform over exactly the consistent objects,
+    # however few there are (importance sampling from the prior can miss them all)
+    objects = [*OBJECTS, "shark", "apple", "robot", "drone"]
+    game = play("eagle", model=questioner, answerer_model=lm, objects=objects, max_turns=3)
+    probs = object_posterior(game["transcript"], answerer_model=lm, objects=objects)
+
+    def greedy(obj, q):
+        return LM(twenty.answerer_prompt(obj, q), model=lm, stop="\n", max_tokens=4, top_k=1).sample()
+
+    consistent = {o for o in objects if all(greedy(o, q) == a for q, a in game["transcript"])}
+    assert "eagle" in consistent
+    assert {o for o, p in probs.items() if p > 0} == consistent
+    assert all(math.isclose(p, 1 / len(consistent)) for o, p in probs.items() if o in consistent)
+    # a sampling answerer: the posterior is prior x likelihood, normalised
+    soft = object_posterior(game["transcript"], answerer_model=lm, objects=objects, answerer_top_k=None)
+    lik = {
+        o: sum(
+            float(LM(twenty.answerer_prompt(o, q), model=lm, stop="\n", max_tokens=4).log_prob(a))
+            for q, a in game["transcript"]
+        )
+        for o in objects
+    }
+    z = math.log(sum(math.exp(v) for v in lik.values()))
+    assert all(math.isclose(soft[o], math.exp(lik[o] - z), rel_tol=1e-4) for o in objects)
+    with pytest.raises(ValueError, match=r"no object in .* gives every answer"):
+        object_posterior([("Is it an animal?", "maybe-not-a-word")], answerer_model=lm, objects=objects)
 
 
 def test_run_example_with_one_model_in_both_roles(scripted):
