@@ -423,13 +423,14 @@ class OpenAICompatibleLM(LanguageModel):
         if not prompts:
             return torch.zeros(0, dtype=out_dtype)
         memo_key = (max_tokens, stops)
+        unique = list(dict.fromkeys(zip(prompts, continuations, strict=True)))
         lps = {}
         with self._lock:
-            for pv in dict.fromkeys(zip(prompts, continuations, strict=True)):
+            for pv in unique:
                 if (pv, memo_key) in self._scores:
                     self._scores.move_to_end((pv, memo_key))
                     lps[pv] = self._scores[(pv, memo_key)]
-        items = [pv for pv in dict.fromkeys(zip(prompts, continuations, strict=True)) if pv not in lps]
+        items = [pv for pv in unique if pv not in lps]
         jobs = []  # (item index, prompt, value, kind, ending text)
         for k, (p, v) in enumerate(items):
             if stops and find_stop(v, stops) is not None:
