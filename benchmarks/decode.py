@@ -16,6 +16,7 @@ same process, one after the other, so the ratios compare like with like.
 
     python benchmarks/decode.py            # the full table
     python benchmarks/decode.py --quick    # small sizes, a smoke test
+    python benchmarks/decode.py --device cuda   # on a GPU (TF32 off: float32 both)
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ import torch
 from llmppl.models import PerformerConfig, PerformerLM
 from llmppl.ops import FavorState
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -56,7 +66,7 @@ def _gpt2(cfg: PerformerConfig, n_positions: int):
         eos_token_id=257,
     )
     torch.manual_seed(0)
-    return GPT2LMHeadModel(g).eval()
+    return GPT2LMHeadModel(g).eval().to(DEVICE)
 
 
 def _gpt2_cache(model, batch: int, ctx: int):
@@ -66,15 +76,15 @@ def _gpt2_cache(model, batch: int, ctx: int):
     cache = DynamicCache(config=c)
     hd = c.n_embd // c.n_head
     for layer in range(c.n_layer):
-        k = torch.randn(batch, c.n_head, ctx, hd)
+        k = torch.randn(batch, c.n_head, ctx, hd, device=DEVICE)
         cache.update(k, torch.randn_like(k), layer)
     return cache
 
 
 def _gpt2_step(model, cache, batch: int, ctx: int):
-    ids = torch.randint(0, 256, (batch, 1))
-    mask = torch.ones(batch, ctx + 1, dtype=torch.long)
-    pos = torch.full((batch, 1), ctx, dtype=torch.long)
+    ids = torch.randint(0, 256, (batch, 1), device=DEVICE)
+    mask = torch.ones(batch, ctx + 1, dtype=torch.long, device=DEVICE)
+    pos = torch.full((batch, 1), ctx, dtype=torch.long, device=DEVICE)
 
     def step():
         with torch.no_grad():
@@ -91,18 +101,18 @@ def _performer_state(lm: PerformerLM, batch: int, ctx: int):
     st = lm.prefill([lm.encode_prompt("warm")] * batch)
     st.layers = [
         FavorState(
-            torch.rand(batch, c.n_heads, c.num_features, c.head_dim),
-            torch.rand(batch, c.n_heads, c.num_features) + 1.0,
-            torch.zeros(batch, c.n_heads),
+            torch.rand(batch, c.n_heads, c.num_features, c.head_dim, device=DEVICE),
+            torch.rand(batch, c.n_heads, c.num_features, device=DEVICE) + 1.0,
+            torch.zeros(batch, c.n_heads, device=DEVICE),
         )
         for _ in range(c.n_layers)
     ]
-    st.positions = torch.full((batch,), ctx, dtype=torch.long)
+    st.positions = torch.full((batch,), ctx, dtype=torch.long, device=DEVICE)
     return st
 
 
 def _performer_step(lm, state, batch):
-    tokens = torch.randint(0, 256, (batch,))
+    tokens = torch.randint(0, 256, (batch,), device=DEVICE)
     return lambda: lm.advance(state, tokens)
 
 
@@ -114,7 +124,7 @@ def context_rows(lm, gpt, contexts, repeats):
         st = lm.prefill([[256, *ids[0, 1:].tolist()]])
         t_perf = _median_time(_performer_step(lm, st, 1), repeats)
         with torch.no_grad():
-            out = gpt(input_ids=ids, use_cache=True)
+            out = gpt(input_ids=ids.to(DEVICE), use_cache=True)
         t_gpt = _median_time(_gpt2_step(gpt, out.cache, 1, ctx), repeats)
         rows[ctx] = (t_perf, t_gpt)
     return rows
@@ -132,7 +142,7 @@ def throughput_rows(lm, gpt, batches, ctx, repeats):
 
 
 def training_rows(lm, gpt, batch, seq, repeats):
-    ids = torch.randint(0, 256, (batch, seq))
+    ids = torch.randint(0, 256, (batch, seq), device=DEVICE)
 
     perf_opt = torch.optim.AdamW(lm.parameters(), 1e-4)
     gpt_opt = torch.optim.AdamW(gpt.parameters(), 1e-4)
@@ -156,24 +166,34 @@ def training_rows(lm, gpt, batch, seq, repeats):
         gpt.eval()
 
 
+def _device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     p.add_argument("--pretrained", action="store_true", help="time the shipped checkpoint (same speed as random)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.pretrained:
         from llmppl.models import load_pretrained
 
-        lm = load_pretrained()
+        lm = load_pretrained(device=DEVICE)
     else:
-        lm = PerformerLM(PerformerConfig()).eval()
+        lm = PerformerLM(PerformerConfig()).eval().to(DEVICE)
     cfg = lm.config
     contexts, ctx, batches = ((16, 64), 64, (1, 4)) if args.quick else ((64, 4096), 2048, (1, 64, 256))
     train_shape = (2, 32) if args.quick else (16, 256)
+    if DEVICE.type == "cuda" and not args.quick:  # a GPU has room for far more sequences
+        batches, train_shape = (1, 64, 256, 1024), (64, 512)
     gpt = _gpt2(cfg, n_positions=max(*contexts, ctx) + 16)
     n_perf = lm.num_parameters()
     n_gpt = sum(q.numel() for q in gpt.parameters())
@@ -181,7 +201,7 @@ def main(argv=None) -> int:
         f"# Performer {cfg.n_layers}x{cfg.d_model} ({cfg.n_heads} heads, M={cfg.num_features}) "
         f"{n_perf / 1e6:.2f}M params;"
         f" GPT-2 same layers/width {n_gpt / 1e6:.2f}M params; torch threads={args.threads}; "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}; device {_device_name()}"
     )
     print(
         f"# Performer state per sequence: {_performer_state(lm, 1, ctx).nbytes_per_sequence() / 1024:.1f} KiB;"

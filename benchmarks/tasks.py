@@ -44,12 +44,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=125, help="sequences decoded together")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", default=None, help="metric names to run (default: all)")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    lm = load_pretrained(args.checkpoint)
+    lm = load_pretrained(args.checkpoint, device=args.device)
     print(
         f"# {args.checkpoint or 'shipped checkpoint'}: {lm.num_parameters() / 1e6:.2f}M params, "
-        f"greedy, {args.n} held-out problems per row"
+        f"greedy, {args.n} held-out problems per row, on {args.device}"
     )
     print("| task | accuracy | target | met | seconds |\n|---|---|---|---|---|")
     for metric, label, target in ROWS:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared check to run on a lent GPU machine (H100/H200): build the FAVOR+
-# extension with its CUDA kernels, run the op tests (CUDA parity tests included) and
-# the op benchmark on the GPU. Logs go to $OUT when it is set (the device tool brings
-# them back), else to build/gpu-check/.
+# extension with its CUDA kernels, run the op tests (CUDA parity tests included), the
+# model's GPU-vs-CPU tests (tests/models/test_cuda.py) and the op benchmark on the GPU.
+# Logs go to $OUT when it is set (the device tool brings them back), else to
+# build/gpu-check/. scripts/gpu_train.sh is the training run that follows it.
 #
 #   bash scripts/gpu_check.sh
 #
@@ -11,7 +12,8 @@
 # carried wheels from .whl/ if present, and bounds every step with a timeout so the
 # whole run stays under about 8 minutes. Every step runs; the exit status is non-zero
 # if any failed. Environment: PYTHON (the interpreter to use), BUILD_TIMEOUT,
-# TEST_TIMEOUT, BENCH_TIMEOUT (seconds), BENCH_ARGS (extra benchmark arguments).
+# TEST_TIMEOUT, BENCH_TIMEOUT (seconds), BENCH_ARGS (extra benchmark arguments), RUN_BENCH
+# (0: skip the benchmark).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -118,8 +120,13 @@ print("smoke: max |cuda - cpu| =", (out.cpu() - ref).abs().max().item())
 # --- tests: the op tests, the CUDA ones included ------------------------------------
 step tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/ops
 
+# --- the model on the GPU against the CPU: log-probs, decoding, generation, gradients ----
+step model_tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/models/test_cuda.py
+
 # --- benchmark ------------------------------------------------------------------------
-if [ -f benchmarks/ops.py ]; then
+if [ "${RUN_BENCH:-1}" != 1 ]; then
+  say "benchmark: skipped (RUN_BENCH=${RUN_BENCH}; scripts/gpu_train.sh runs it after training)"
+elif [ -f benchmarks/ops.py ]; then
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of words on purpose
   step benchmark "${BENCH_TIMEOUT:-100}" "$PY" benchmarks/ops.py --device cuda ${BENCH_ARGS:-}
 else

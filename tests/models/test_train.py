@@ -186,3 +186,17 @@ def test_init_goes_on_from_a_checkpoints_weights(tmp_path):
     assert not torch.equal(fresh.state_dict()["embed.weight"], first.state_dict()["embed.weight"])
     with pytest.raises(FileNotFoundError, match=r"--init: expected 'pretrained' or a checkpoint folder"):
         train(build_parser().parse_args(["--out", str(tmp_path / "d"), "--init", str(tmp_path), *TINY]))
+
+
+def test_loader_workers_train_on_the_same_batches(tmp_path):
+    # two worker processes build the batches ahead; the stream, and so the weights, are the same
+    inline = train(build_parser().parse_args(["--out", str(tmp_path / "a"), "--steps", "5", *TINY]))
+    ahead = train(build_parser().parse_args(["--out", str(tmp_path / "b"), "--steps", "5", "--workers", "2", *TINY]))
+    for (n, p), (_, q) in zip(inline.state_dict().items(), ahead.state_dict().items(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_max_seconds_stops_early_and_saves(tmp_path):
+    train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "50", "--max-seconds", "0", *TINY]))
+    saved = json.loads((tmp_path / "final" / "config.json").read_text())["training"]
+    assert saved["step"] == 0 and saved["args"]["steps"] == 50
