@@ -118,7 +118,12 @@ print("smoke: max |cuda - cpu| =", (out.cpu() - ref).abs().max().item())
 '
 
 # --- tests: the op tests, the CUDA ones included ------------------------------------
-step tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/ops
+# -v: each test's verdict is in the log as it runs. The kernel's own input checks run
+# last and alone: on the first H200 run an error raised inside the CUDA build crashed the
+# process (a segfault), which took every other test's report with it.
+KERNEL_CHECKS=tests/ops/test_cuda.py::test_kernel_checks_its_inputs
+step tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -v -rf -p no:cacheprovider tests/ops --deselect "$KERNEL_CHECKS"
+step kernel_checks 60 "$PY" -X faulthandler -m pytest -v -p no:cacheprovider "$KERNEL_CHECKS"
 
 # --- the model on the GPU against the CPU: log-probs, decoding, generation, gradients ----
 step model_tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/models/test_cuda.py

@@ -482,9 +482,10 @@ class PerformerLM(nn.Module, LanguageModel):
         """
         ids = self.encode_prompt(prompt)
         cont = self.tokenizer.encode(continuation)
-        logits = self(torch.tensor([ids + cont], dtype=torch.long))[0, len(ids) - 1 : -1]
+        device = self.embed.weight.device
+        logits = self(torch.tensor([ids + cont], dtype=torch.long, device=device))[0, len(ids) - 1 : -1]
         lp = torch.log_softmax(logits.float(), -1)
-        return float(lp[torch.arange(len(cont)), torch.tensor(cont, dtype=torch.long)].sum())
+        return float(lp[torch.arange(len(cont), device=device), torch.tensor(cont, device=device)].sum())
 
     # ------------------------------------------------------------------ checkpoints
 
