@@ -175,6 +175,12 @@ def _batch_stream(start: int, args, weights, tokenizer, max_digits, until):
     return iter(loader)
 
 
+def _loss_read_every(device) -> int:
+    """Steps between reading the loss back: every step on the CPU; on a GPU a read waits
+    for the GPU to finish, so ten at a time (the loop stays ahead of the device)."""
+    return 1 if str(device).startswith("cpu") else 10
+
+
 def _weighted_loss(model: PerformerLM, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     logits = model(ids[:, :-1])
     ce = torch.nn.functional.cross_entropy(
@@ -462,7 +468,7 @@ def train(args) -> PerformerLM:
     ema, tokens = None, 0
     batches = _batch_stream(step, args, weights, tok, max_digits, until)
     max_seconds = getattr(args, "max_seconds", None)
-    on_gpu = not str(args.device).startswith("cpu")
+    read_every = _loss_read_every(args.device)
     pending = []  # (step, task, loss) not yet read back
 
     def read_losses(ema):
@@ -488,7 +494,7 @@ def train(args) -> PerformerLM:
             g["lr"] = _lr(step, args)
         loss = _weighted_loss(model, ids, w)
         pending.append((step, task, loss.detach()))
-        if not on_gpu or step % 10 == 9 or (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % read_every == 0 or (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             # on a GPU, reading the loss waits for the GPU: read ten at a time, and always
             # before a checkpoint is written, so no non-finite step is ever saved
             ema = read_losses(ema)

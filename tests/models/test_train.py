@@ -200,3 +200,23 @@ def test_max_seconds_stops_early_and_saves(tmp_path):
     train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "50", "--max-seconds", "0", *TINY]))
     saved = json.loads((tmp_path / "final" / "config.json").read_text())["training"]
     assert saved["step"] == 0 and saved["args"]["steps"] == 50
+
+
+def test_reading_losses_ten_at_a_time_trains_the_same_and_still_stops_on_nan(tmp_path, monkeypatch):
+    import llmppl.models.train as train_module
+
+    every_step = train(build_parser().parse_args(["--out", str(tmp_path / "a"), "--steps", "12", *TINY]))
+    monkeypatch.setattr(train_module, "_loss_read_every", lambda device: 10)  # as on a GPU
+    batched = train(build_parser().parse_args(["--out", str(tmp_path / "b"), "--steps", "12", *TINY]))
+    for (n, p), (_, q) in zip(every_step.state_dict().items(), batched.state_dict().items(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+    losses = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert losses[-1]["step"] == 12 and losses[-1]["loss_ema"] > 0
+
+    real = train_module._weighted_loss
+    monkeypatch.setattr(
+        train_module, "_weighted_loss", lambda m, ids, w: real(m, ids, w) * (float("nan") if m.training else 1.0)
+    )
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0"):
+        train(build_parser().parse_args(["--out", str(tmp_path / "c"), "--steps", "30", "--save-every", "5", *TINY]))
+    assert not (tmp_path / "c" / "train_state.pt").exists()  # read before the step-5 save: nothing saved
