@@ -50,3 +50,26 @@ def test_sources_lay_out_like_torchvision():
     assert cpu[0].endswith("csrc/favor.cpp")
     assert all("/cpu/" in s for s in cpu[1:])
     assert all(s.endswith(".cu") for s in _extension.sources(with_cuda=True)[len(cpu) :])
+
+
+def test_the_compiled_ops_raise_errors_for_bad_input():
+    # The raw ops, past the Python checks: the C++ checks raise RuntimeError. On the first
+    # GPU run the same call with CUDA tensors crashed the process (tests/ops/test_cuda.py);
+    # this is the CPU half of that comparison.
+    import pytest
+    import torch
+
+    from llmppl import ops
+
+    if not ops.extension_available():
+        pytest.skip("C++ extension not built")
+    q, k, v = torch.rand(1, 2, 9, 8), torch.rand(1, 2, 9, 8), torch.randn(1, 2, 9, 4)
+    ls = torch.zeros(1, 2, 9)
+    with pytest.raises(
+        RuntimeError, match=r"expected k_log_scale of shape \[\.\.\., L\] = \[1, 2, 9\], got \[1, 2, 8\]"
+    ):
+        torch.ops.llmppl.causal_linear_attention(q, k, v, ls[..., :-1], 64)
+    with pytest.raises(RuntimeError, match="expected chunk >= 1, got 0"):
+        torch.ops.llmppl.causal_linear_attention(q, k, v, ls, 0)
+    with pytest.raises(RuntimeError, match="expected q_feat, k_feat and v of one floating dtype"):
+        torch.ops.llmppl.causal_linear_attention(q, k.double(), v, ls, 64)
