@@ -4,6 +4,12 @@
 #   PROBE_ONLY=1 bash scripts/gpu_train.sh     # ~30 s: steps/s at this batch size, saved for the run
 #   TRAIN_SECONDS=300 bash scripts/gpu_train.sh
 #
+# A whole session in one device call (starting a machine took 6 of the 15 minutes the first
+# time, so there may be no second start): the check, then the probe, training, table and
+# benchmarks, with every log packed into one file (the device tool brings back 8 files):
+#
+#   RUN_BENCH=0 bash scripts/gpu_check.sh; TRAIN_SECONDS=240 PACK=1 bash scripts/gpu_train.sh
+#
 # The run: `python -m llmppl.models.train --device cuda --init pretrained`, with as many
 # optimiser steps as the probe says fit in TRAIN_SECONDS (so the cosine schedule ends
 # where the time does; --max-seconds is the backstop), batches built ahead by loader
@@ -14,7 +20,8 @@
 # bench_ops.log, bench_decode.log. Environment (defaults): TRAIN_SECONDS (300),
 # BATCH_TOKENS (32768), LR (5e-4), WARMUP (300), MIN_LR_RATIO (0.1), SEED (7),
 # WORKERS (8), WEIGHTS (the phase-4 mixture), PYTHON (python3), BENCH (1: run the
-# benchmarks after the table), TABLE_N (500), DEVICE (cuda; cpu for a smoke test here).
+# benchmarks after the table), TABLE_N (500), DEVICE (cuda; cpu for a smoke test here),
+# PACK (0; 1: every file but the weights packed into logs.tar.gz).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,3 +93,7 @@ if [ "${BENCH:-1}" = 1 ]; then
   tail -n 30 "$OUTDIR/bench_ops.log"
 fi
 say "done"
+if [ "${PACK:-0}" = 1 ]; then  # everything but the weights into logs.tar.gz
+  (cd "$OUTDIR" && find . -maxdepth 1 -type f ! -name model.safetensors ! -name config.json ! -name logs.tar.gz \
+    -printf '%P\n' | tar czf logs.tar.gz -T - --remove-files)
+fi
