@@ -1,9 +1,12 @@
 """The Performer model on a CUDA GPU against the same weights on the CPU.
 
 Forward log-probabilities, token-by-token decoding, greedy generation, string scores
-and one training step's gradients must agree between the devices. Everything skips
+and one training step's gradients must agree between the devices, and sampling, exact
+scores and a cascade's inference must run on the GPU model. Everything skips
 without a GPU (``scripts/gpu_check.sh`` runs it on a lent one).
 """
+
+import math
 
 import pytest
 import torch
@@ -78,3 +81,20 @@ def test_a_training_step_has_the_cpus_gradients(pair):
         scale = ga[name].abs().max().clamp_min(1e-8)
         err = (gb[name] - ga[name]).abs().max() / scale
         assert err < 1e-2, f"{name}: max relative gradient error {err:.3g}"
+
+
+def test_sampling_scoring_and_inference_run_on_the_gpu_model(pair):
+    cpu, gpu = pair
+    prompt = "Q: 472+385\nWork:"
+    value = " 2+5=7 c0; 7+8+0=15 c1; 4+3+1=8 c0"
+    kw = {"max_tokens": 48, "stop": "\n"}
+    assert gpu.score(prompt, [value], **kw).item() == pytest.approx(cpu.score(prompt, [value], **kw).item(), abs=2e-3)
+    # draws with a CPU generator (as the inference engine makes them); each log_prob is its score
+    draws = gpu.sample([prompt] * 6, generator=torch.Generator().manual_seed(0), **kw)
+    scores = gpu.score([prompt] * 6, [c.text for c in draws], **kw)
+    for c, s in zip(draws, scores.tolist(), strict=True):
+        assert c.log_prob == pytest.approx(s, abs=1e-3)
+    from llmppl.cascades.scratchpads import run_example
+
+    out = run_example("472+385", model=gpu, num_particles=8)
+    assert math.isfinite(out["posterior"].log_evidence) and out["answer"] == "857"
