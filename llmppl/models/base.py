@@ -798,7 +798,9 @@ class _ContinuationCache:
     def lookup(self, tokens: tuple, max_suffix: int) -> tuple[int, int, int] | None:
         """``(entry id, row, key length)`` of the longest remembered prefix of ``tokens``."""
         n = len(tokens)
-        for length in sorted((k for k in self.lengths if n - max_suffix <= k <= n), reverse=True):
+        for length in range(n, max(-1, n - max_suffix - 1), -1):  # longest first, no sort of all lengths
+            if length not in self.lengths:
+                continue
             hit = self.index.get(tokens[:length])
             if hit is not None:
                 return (*hit, length)
