@@ -31,6 +31,7 @@ import time
 import torch
 
 from llmppl import ops
+from llmppl.ops import _reference
 
 B, H, DH, M = 1, 8, 64, 256
 GOALS = {
@@ -71,6 +72,13 @@ def make_inputs(L: int, device: str, seed: int = 0):
     k_feat = k_feat * torch.exp(k_log_scale - k_log_scale.amax()).unsqueeze(-1)  # plain features for (a)
     return dict(q=q, k=k, v=v, proj=proj, q_feat=q_feat, k_feat=k_feat)
 
+
+# timed only (no goal): our own pure-PyTorch chunked form, masked [C, C] products inside
+# chunks and a loop over chunks between them. On a GPU the sequential-scan kernel lost to
+# SDPA at 4096 (BENCHMARKS.md); this row says whether the chunked form would do better there.
+EXTRA = {
+    "torch_chunked": lambda x: _reference.causal_linear_attention(x["q_feat"], x["k_feat"], x["v"]),
+}
 
 METHODS = {
     "ours_causal": lambda x: ops.causal_linear_attention(x["q_feat"], x["k_feat"], x["v"]),
@@ -124,9 +132,10 @@ def peak_memory_child(method: str, L: int, device: str) -> int:
 def time_child(method: str, L: int, repeats: int, device: str) -> list[float]:
     """Run in a subprocess: seconds of ``repeats`` calls after one warm-up call."""
     x = make_inputs(L, device)
+    fn = {**METHODS, **EXTRA}[method]
     with torch.no_grad():
-        METHODS[method](x)
-        return [time_once(METHODS[method], x, device) for _ in range(repeats)]
+        fn(x)
+        return [time_once(fn, x, device) for _ in range(repeats)]
 
 
 def child(args: list[str], device: str, env: dict | None = None):
@@ -216,6 +225,8 @@ def main(argv=None) -> dict:
             # gigabytes, and whatever runs after it in the same process pays for that
             reps = args.repeats if (L <= 4096 or name != "performer_pytorch") else 2
             t[name] = statistics.median(child(["--time-child", name, str(L), str(reps)], device))
+        for name in EXTRA:
+            t[name] = statistics.median(child(["--time-child", name, str(L), str(args.repeats)], device))
         mem = {name: float("nan") for name in METHODS}
         if not args.no_memory:
             mem = {name: peak_memory(name, L, device) for name in METHODS}
@@ -229,6 +240,14 @@ def main(argv=None) -> dict:
             f" | {fmt_ms(t['ours_favor']):>12} {fmt_ms(t['sdpa']):>9} {t['sdpa'] / t['ours_favor']:>7.2f}x"
             f" {fmt_mb(mem['ours_favor'])} {fmt_mb(mem['sdpa'])}",
             flush=True,
+        )
+    chunk = _reference.DEFAULT_CHUNK
+    print(f"\n(d) the causal op as our pure-PyTorch chunked form (chunk {chunk}), beside (a)'s kernel:")
+    for r in rows:
+        t = r["time_s"]
+        print(
+            f"  L={r['L']}: chunked {t['torch_chunked'] * 1e3:.1f} ms, kernel {t['ours_causal'] * 1e3:.1f} ms "
+            f"(kernel {t['torch_chunked'] / t['ours_causal']:.2f}x as fast)"
         )
     step = step_costs((128, 8192), device, repeats=300)
     print(
