@@ -482,6 +482,10 @@ def train(args) -> PerformerLM:
         pending.clear()
         return ema
 
+    def log_progress():
+        loss, seconds = round(ema, 4), round(elapsed, 1)
+        _log(args.out, {"step": step, "loss_ema": loss, "lr": _lr(step, args), "elapsed": seconds, "tokens": tokens})
+
     t_start = t_last = time.time()
     while step < args.steps:
         if max_seconds is not None and time.time() - t_start >= max_seconds:
@@ -511,16 +515,7 @@ def train(args) -> PerformerLM:
         if ema is not None:
             bar.set_postfix(loss=f"{ema:.3f}", task=task[:10])
         if step % 50 == 0:
-            _log(
-                args.out,
-                {
-                    "step": step,
-                    "loss_ema": round(ema, 4),
-                    "lr": _lr(step, args),
-                    "elapsed": round(elapsed, 1),
-                    "tokens": tokens,
-                },
-            )
+            log_progress()
         if step % args.save_every == 0 or step == args.steps:
             save()
         if args.eval_every and (step % args.eval_every == 0 or step == args.steps):
@@ -532,16 +527,7 @@ def train(args) -> PerformerLM:
     bar.close()
     ema = read_losses(ema)
     if ema is not None and step % 50:  # the last steps' record, so the log ends where training did
-        _log(
-            args.out,
-            {
-                "step": step,
-                "loss_ema": round(ema, 4),
-                "lr": _lr(step - 1, args),
-                "elapsed": round(elapsed, 1),
-                "tokens": tokens,
-            },
-        )
+        log_progress()
     save()
     return model
 
