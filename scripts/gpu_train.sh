@@ -46,17 +46,18 @@ WEIGHTS="${WEIGHTS:-$PHASE4}"
 DEVICE="${DEVICE:-cuda}"
 COMMON=(--device "$DEVICE" --init pretrained --batch-tokens "$BATCH_TOKENS" --seed "${SEED:-7}"
   --workers "${WORKERS:-8}" --no-progress --weights "$WEIGHTS")
-PROBE=build/gpu-probe.json
+PROBE="${PROBE:-build/gpu-probe.json}"  # per run when several train side by side
+RUN="${RUN_DIR:-/tmp/llmppl-run}"
 
 if [ "${PROBE_ONLY:-0}" = 1 ] || [ ! -f "$PROBE" ]; then
-  rm -rf /tmp/llmppl-probe
+  rm -rf "$RUN-probe"
   say "probe: 25 s of training at lr 0, batch $BATCH_TOKENS tokens"
-  timeout 120 "$PY" -m llmppl.models.train "${COMMON[@]}" --out /tmp/llmppl-probe --steps 100000 --lr 0 \
+  timeout 120 "$PY" -m llmppl.models.train "${COMMON[@]}" --out "$RUN-probe" --steps 100000 --lr 0 \
     --eval-every 0 --save-every 100000 --max-seconds 25 > "$OUTDIR/probe.log" 2>&1
   tail -n 5 "$OUTDIR/probe.log"
-  "$PY" - "$PROBE" <<'PYEOF' || { say "probe FAILED"; exit 1; }
+  "$PY" - "$PROBE" "$RUN-probe/log.jsonl" <<'PYEOF' || { say "probe FAILED"; exit 1; }
 import json, sys
-rows = [json.loads(l) for l in open("/tmp/llmppl-probe/log.jsonl") if '"loss_ema"' in l]
+rows = [json.loads(l) for l in open(sys.argv[2]) if '"loss_ema"' in l]
 a, b = (rows[0], rows[-1]) if len(rows) > 1 else ({"step": 0, "elapsed": 0.0}, rows[-1])
 rate = (b["step"] - a["step"]) / (b["elapsed"] - a["elapsed"])
 json.dump({"steps_per_s": rate, "tokens_per_step": b["tokens"] / b["step"]}, open(sys.argv[1], "w"))
@@ -69,18 +70,18 @@ fi
 TRAIN_SECONDS="${TRAIN_SECONDS:-300}"
 STEPS=$("$PY" -c "import json; print(max(50, int(json.load(open('$PROBE'))['steps_per_s'] * $TRAIN_SECONDS * 0.95)))")
 say "training: $STEPS steps in about $TRAIN_SECONDS s"
-rm -rf /tmp/llmppl-run
-timeout $(( TRAIN_SECONDS + 150 )) "$PY" -m llmppl.models.train "${COMMON[@]}" --out /tmp/llmppl-run --steps "$STEPS" \
+rm -rf "$RUN"
+timeout $(( TRAIN_SECONDS + 150 )) "$PY" -m llmppl.models.train "${COMMON[@]}" --out "$RUN" --steps "$STEPS" \
   --lr "${LR:-5e-4}" --warmup "${WARMUP:-300}" --min-lr-ratio "${MIN_LR_RATIO:-0.1}" \
   --eval-every $(( STEPS / 4 + 1 )) --eval-n 64 --save-every 250 --max-seconds $(( TRAIN_SECONDS + 20 )) \
   > "$OUTDIR/train.log" 2>&1
-say "training exit $?; $(grep -c . /tmp/llmppl-run/log.jsonl 2>/dev/null) log lines"
+say "training exit $?; $(grep -c . "$RUN"/log.jsonl 2>/dev/null) log lines"
 grep eval "$OUTDIR/train.log" | tail -n 5
-cp /tmp/llmppl-run/final/model.safetensors /tmp/llmppl-run/final/config.json /tmp/llmppl-run/log.jsonl "$OUTDIR/" \
+cp "$RUN"/final/model.safetensors "$RUN"/final/config.json "$RUN"/log.jsonl "$OUTDIR/" \
   || { say "no checkpoint written"; exit 1; }
 
 say "held-out table"
-timeout 240 "$PY" benchmarks/tasks.py --checkpoint /tmp/llmppl-run/final --device "$DEVICE" --n "${TABLE_N:-500}" --batch 500 \
+timeout 240 "$PY" benchmarks/tasks.py --checkpoint "$RUN"/final --device "$DEVICE" --n "${TABLE_N:-500}" --batch 500 \
   > "$OUTDIR/tasks.md" 2>&1
 cat "$OUTDIR/tasks.md"
 if [ "${BENCH:-1}" = 1 ]; then
