@@ -117,6 +117,9 @@ ref = torch.ops.llmppl.causal_linear_attention(q.cpu(), q.cpu(), v.cpu(), torch.
 print("smoke: max |cuda - cpu| =", (out.cpu() - ref).abs().max().item())
 '
 
+# --- which C++ errors crash the process (the H200's segfault), each in a child process ----
+step throw_probe 120 "$PY" scripts/gpu_throw_probe.py
+
 if [ "${ONLY_BUILD:-0}" = 1 ]; then  # scripts/gpu_session.sh builds first, then trains while the tests run
   [ "${#FAILED[@]}" -eq 0 ]
   exit $?
@@ -126,9 +129,15 @@ fi
 # -v: each test's verdict is in the log as it runs. The kernel's own input checks run
 # last and alone: on the first H200 run an error raised inside the CUDA build crashed the
 # process (a segfault), which took every other test's report with it.
+# On the second H200 run the CPU half (test_extension.py) crashed the same way, a third
+# of the way through: both are set apart now, and scripts/gpu_throw_probe.py says which
+# errors crash.
 KERNEL_CHECKS=tests/ops/test_cuda.py::test_kernel_checks_its_inputs
-step tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -v -rf -p no:cacheprovider tests/ops --deselect "$KERNEL_CHECKS"
+CPU_CHECKS=tests/ops/test_extension.py::test_the_compiled_ops_raise_errors_for_bad_input
+step tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -v -rf -p no:cacheprovider tests/ops --deselect "$KERNEL_CHECKS" \
+  --deselect "$CPU_CHECKS"
 step kernel_checks 60 "$PY" -X faulthandler -m pytest -v -p no:cacheprovider "$KERNEL_CHECKS"
+step cpu_kernel_checks 60 "$PY" -X faulthandler -m pytest -v -p no:cacheprovider "$CPU_CHECKS"
 
 # --- the model on the GPU against the CPU: log-probs, decoding, generation, gradients ----
 step model_tests "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -p no:cacheprovider tests/models/test_cuda.py

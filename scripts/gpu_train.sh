@@ -21,7 +21,9 @@
 # BATCH_TOKENS (32768), LR (5e-4), WARMUP (300), MIN_LR_RATIO (0.1), SEED (7),
 # WORKERS (8), WEIGHTS (the phase-4 mixture), PYTHON (python3), BENCH (1: run the
 # benchmarks after the table), TABLE_N (500), DEVICE (cuda; cpu for a smoke test here),
-# PACK (0; 1: every file but the weights packed into logs.tar.gz).
+# PACK (0; 1: every file but the weights packed into logs.tar.gz), INIT (pretrained: the
+# checkpoint folder to start from), RUN_DIR (/tmp/llmppl-run: the run's own folder), PROBE
+# (build/gpu-probe.json: the probe's result, reused when present).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,7 +46,7 @@ BATCH_TOKENS="${BATCH_TOKENS:-32768}"
 PHASE4='{"scratchpad":0.30,"direct":0.05,"verifier":0.22,"calculator":0.15,"selection_inference":0.15,"twenty_answerer":0.08,"twenty_questioner":0.05}'
 WEIGHTS="${WEIGHTS:-$PHASE4}"
 DEVICE="${DEVICE:-cuda}"
-COMMON=(--device "$DEVICE" --init pretrained --batch-tokens "$BATCH_TOKENS" --seed "${SEED:-7}"
+COMMON=(--device "$DEVICE" --init "${INIT:-pretrained}" --batch-tokens "$BATCH_TOKENS" --seed "${SEED:-7}"
   --workers "${WORKERS:-8}" --no-progress --weights "$WEIGHTS")
 PROBE="${PROBE:-build/gpu-probe.json}"  # per run when several train side by side
 RUN="${RUN_DIR:-/tmp/llmppl-run}"
