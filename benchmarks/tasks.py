@@ -6,6 +6,7 @@ run the two-step cascade of DESIGN.md (work up to the newline, then the answer).
 
     python benchmarks/tasks.py                 # the shipped checkpoint, 500 per row
     python benchmarks/tasks.py --checkpoint runs/performer/final --n 100
+    python benchmarks/tasks.py --breakdown --n 500   # the verifier's accuracy by kind of case
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import torch
 
 from llmppl.models import load_pretrained
+from llmppl.models import tasks as T
 from llmppl.models.train import evaluate
 
 # (metric, what it measures, target from the issue or None for "report")
@@ -37,6 +39,23 @@ ROWS = [
 ]
 
 
+def verifier_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[str, tuple[int, int]]:
+    """Greedy verdicts on the ``verifier`` metric's ``n`` held-out problems, by kind of case.
+
+    :returns: kind (``none`` for the correct solutions; ``step``, ``carry``, ``answer``,
+        ``operand`` for the corruptions) -> ``(right, total)``.
+    """
+    probs = [T.sample_problem("verifier", split="test", seed=seed, index=i) for i in range(n)]
+    verdicts = []
+    for i in range(0, n, batch):
+        verdicts += lm.generate([p.prompt for p in probs[i : i + batch]], max_tokens=6, stop="\n")
+    out: dict[str, tuple[int, int]] = {}
+    for p, v in zip(probs, verdicts, strict=True):
+        right, total = out.get(p.meta["corruption"], (0, 0))
+        out[p.meta["corruption"]] = (right + (v.strip() == p.target), total + 1)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the shipped one)")
@@ -45,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", default=None, help="metric names to run (default: all)")
     p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
+    p.add_argument("--breakdown", action="store_true", help="only the verifier's accuracy by kind of case")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lm = load_pretrained(args.checkpoint, device=args.device)
@@ -52,6 +72,11 @@ def main(argv=None) -> int:
         f"# {args.checkpoint or 'shipped checkpoint'}: {lm.num_parameters() / 1e6:.2f}M params, "
         f"greedy, {args.n} held-out problems per row, on {args.device}"
     )
+    if args.breakdown:
+        print("| verifier case | right | of | accuracy |\n|---|---|---|---|")
+        for kind, (right, total) in sorted(verifier_by_kind(lm, args.n, batch=args.batch).items()):
+            print(f"| {kind} | {right} | {total} | {right / total:.1%} |")
+        return 0
     print("| task | accuracy | target | met | seconds |\n|---|---|---|---|---|")
     for metric, label, target in ROWS:
         if args.only and metric not in args.only:
