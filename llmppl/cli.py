@@ -17,7 +17,7 @@ import sys
 
 __all__ = ["build_parser", "demo", "main", "star"]
 
-METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use")  # the demo's
+METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use", "by blocks+SMC")  # the demo's
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = sub.add_parser(
         "demo",
-        help="answer held-out additions with five cascades on the shipped model",
+        help="answer held-out additions with six cascades on the shipped model",
         description=(
-            "Answer held-out additions on the shipped Performer five ways — one direct sample, one "
+            "Answer held-out additions on the shipped Performer six ways — one direct sample, one "
             "sampled scratchpad, self-consistency over scratchpads, scratchpad + LM verifier with SMC, "
-            "and a calculator tool — at each number of digits; print accuracy and time per method and "
-            "write the scratchpad+verifier model graph as SVG."
+            "a calculator tool, and scratchpads on 4-digit blocks with the verifier and SMC (for operands "
+            "longer than the model's training) — at each number of digits; print accuracy and time per "
+            "method and write the scratchpad+verifier model graph as SVG."
         ),
     )
     d.add_argument("--problems", type=int, default=12, help="held-out problems per digit count (default: 12)")

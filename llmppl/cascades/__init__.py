@@ -8,6 +8,8 @@ one) and a ``run_example(...)`` that the tests call at tiny sizes (all listed in
 - :mod:`~llmppl.cascades.consistency`: :func:`self_consistency`, the answer's posterior mode;
 - :mod:`~llmppl.cascades.verifiers`: :func:`verified_scratchpad`, conditioned on an LM verifier;
 - :mod:`~llmppl.cascades.tools`: :func:`tool_use`, a calculator call evaluated by :func:`safe_calculator`;
+- :mod:`~llmppl.cascades.decomposition`: :func:`long_addition`, additions longer than the
+  model's scratchpads, by blocks: the program cuts and pastes, the LM adds;
 - :mod:`~llmppl.cascades.selection`: :func:`selection_inference`, k selection/inference steps;
 - :mod:`~llmppl.cascades.twenty`: :func:`twenty_questions`, questioner and answerer LMs;
 - :mod:`~llmppl.cascades.star`: :func:`star_rationales`, STaR's rationale generation and filtering,
@@ -26,12 +28,13 @@ and ``benchmarks/cascades.py`` compare.
 ...     "1+2", model=lm, max_work_tokens=3, max_answer_tokens=2)
 >>> sorted(post.site_names())
 ['answer', 'work']
->>> sorted(EXAMPLES)
-['scratchpad', 'selection_inference', 'self_consistency', 'star', 'tool_use', 'twenty_questions', 'verifier']
+>>> sorted(EXAMPLES)[:4]
+['long_addition', 'scratchpad', 'selection_inference', 'self_consistency']
 """
 
-from . import addition, consistency, prompts, scratchpads, selection, star, tools, twenty, verifiers
+from . import addition, consistency, decomposition, prompts, scratchpads, selection, star, tools, twenty, verifiers
 from .consistency import self_consistency
+from .decomposition import long_addition
 from .prompts import PromptStyle, default_style, few_shot
 from .scratchpads import direct, scratchpad
 from .selection import selection_inference
@@ -45,6 +48,7 @@ EXAMPLES = {
     "self_consistency": consistency.run_example,
     "verifier": verifiers.run_example,
     "tool_use": tools.run_example,
+    "long_addition": decomposition.run_example,
     "selection_inference": selection.run_example,
     "twenty_questions": twenty.run_example,
     "star": star.run_example,
@@ -56,11 +60,13 @@ __all__ = [
     "ToolError",
     "addition",
     "consistency",
+    "decomposition",
     "default_style",
     "direct",
     "evaluate_expression",
     "few_shot",
     "infer_object",
+    "long_addition",
     "object_posterior",
     "play",
     "prompts",

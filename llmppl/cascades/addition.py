@@ -9,7 +9,11 @@ Each method maps a question ``"a+b"`` to one answer string:
   :class:`~llmppl.inference.SMC` over ``particles``, the answer marginal's mode;
 - ``verifier+rejection``: the same model with :class:`~llmppl.inference.Rejection`
   (``rejection_samples`` accepted runs out of at most ``max_attempts``), the mode;
-- ``tool use``: :func:`~llmppl.cascades.tools.tool_use` on ``"What is a plus b?"``, one sample.
+- ``tool use``: :func:`~llmppl.cascades.tools.tool_use` on ``"What is a plus b?"``, one sample;
+- ``by blocks``: :func:`~llmppl.cascades.decomposition.long_addition`, scratchpads on blocks
+  of ``block`` digits stitched by the program, one sample, no verifier;
+- ``by blocks+SMC``: the same with the verifier observed after every block's scratchpad,
+  :class:`~llmppl.inference.SMC` over ``particles``, the answer marginal's mode.
 
 Every LM site samples at temperature 1. :func:`count_tokens` measures compute: the
 prompt tokens the model prefilled (after its prefix cache) and the tokens it decoded
@@ -36,6 +40,7 @@ from llmppl import InferenceError
 
 from ._common import answer_probs, seed_everything
 from .consistency import self_consistency
+from .decomposition import long_addition
 from .prompts import PromptStyle, resolve_style
 from .scratchpads import direct, scratchpad
 from .star import addition_problems
@@ -44,7 +49,16 @@ from .verifiers import verified_scratchpad
 
 __all__ = ["METHODS", "TokenCount", "compare", "count_tokens", "held_out_additions", "make_methods"]
 
-METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "verifier+rejection", "tool use")
+METHODS = (
+    "direct",
+    "scratchpad",
+    "self-consistency",
+    "verifier+SMC",
+    "verifier+rejection",
+    "tool use",
+    "by blocks",
+    "by blocks+SMC",
+)
 
 
 def held_out_additions(n: int, digits: int, *, seed: int = 0) -> list[tuple[str, str]]:
@@ -126,6 +140,7 @@ def make_methods(
     verifier_style: PromptStyle | None = None,
     direct_style: PromptStyle | None = None,
     tool_style: PromptStyle | None = None,
+    block: int = 4,
 ) -> dict[str, Callable[[str], str]]:
     """One function per method of :data:`METHODS`: question ``"a+b"`` -> answer string.
 
@@ -133,6 +148,7 @@ def make_methods(
     :param int particles: for self-consistency and SMC.
     :param int rejection_samples: accepted runs wanted by ``verifier+rejection``.
     :param max_attempts: its most runs (default ``16 * particles``); fewer accepted is a wrong answer.
+    :param int block: digits per block of the ``by blocks`` methods.
     :param style: prompts of the scratchpad sites; ``verifier_style``: of the verifier;
         ``direct_style``: of the direct answer; ``tool_style``: of tool use (each default: the
         model's :func:`~llmppl.cascades.prompts.default_style`, so give each its own few-shot prefix).
@@ -159,6 +175,12 @@ def make_methods(
         )
         return _mode(sampler.run(q, **verified))
 
+    by_blocks = {"model": model, "block": block, "style": style}
+
+    def blocks_smc(q):
+        sampler = llmppl.infer.SMC(long_addition, num_particles=particles, progress=False)
+        return _mode(sampler.run(q, verifier_style=verifier_style, **by_blocks))
+
     def tool(q):
         a, b = q.split("+")
         return once(tool_use, f"What is {a} plus {b}?", model=model, max_answer_tokens=digits + 4, style=tool_style)
@@ -170,6 +192,8 @@ def make_methods(
         "verifier+SMC": smc,
         "verifier+rejection": rejection,
         "tool use": tool,
+        "by blocks": lambda q: once(long_addition, q, verify=False, **by_blocks),
+        "by blocks+SMC": blocks_smc,
     }
 
 

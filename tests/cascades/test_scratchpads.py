@@ -64,6 +64,7 @@ def test_examples_registry_lists_every_cascade():
         "selection_inference",
         "twenty_questions",
         "star",
+        "long_addition",
     }
     assert all(callable(f) for f in EXAMPLES.values())
 
