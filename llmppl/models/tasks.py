@@ -35,7 +35,8 @@ Formats (the arithmetic ones are a contract; every line ends with ``\n``):
 
   Each step applies the first rule (in the listed order) whose premises hold for the
   asked person and whose conclusion is new; the answer is ``no`` when no rule applies.
-- ``twenty_answerer``: ``Object: penguin. Q: Can it fly? A: no\n`` over :data:`KNOWLEDGE_BASE`.
+- ``twenty_answerer``: ``Object: penguin. Q: Can it fly? A: no\n`` over :data:`KNOWLEDGE_BASE`,
+  balanced yes/no.
 - ``twenty_questioner``: ``Twenty questions.\nQ: Is it an animal? A: yes\n...\nGuess: penguin\n``;
   the questioner asks the attribute that splits the remaining candidates most evenly.
 
@@ -469,9 +470,13 @@ def _held_out_phrasing(obj: str, attr: str) -> int:
     return hashlib.blake2b(f"20q:{obj}:{attr}".encode(), digest_size=4).digest()[0] % 3
 
 
-def _twenty_answerer(rng, split, digits=None):
+def _twenty_answerer(rng, split, digits=None, label=None):
+    # balanced yes/no, as a game's questions are (the questioner splits the candidates
+    # evenly): drawn uniformly, 82 % of (object, attribute) pairs are "no", and a model
+    # that answers "no" to any phrasing it has not seen for the object scores as much
     obj = rng.choice(list(KNOWLEDGE_BASE))
-    attr = rng.choice(_ATTR_ORDER)
+    yes = rng.random() < 0.5 if label is None else label
+    attr = rng.choice([a for a in _ATTR_ORDER if KNOWLEDGE_BASE[obj][a] == yes])
     held = _held_out_phrasing(obj, attr)
     k = held if split == "test" else rng.choice([i for i in range(3) if i != held])
     question = _QUESTIONS[attr][k]
@@ -553,7 +558,7 @@ def sample_problem(task: str, *, split: str, seed: int, index: int, **kwargs) ->
     :param int seed: the stream's seed.
     :param int index: the problem's number in the stream.
     :param kwargs: task options: ``digits`` (an int, or a pair of operand lengths) for
-        the addition tasks, ``label`` (bool) for the verifier.
+        the addition tasks, ``label`` (bool) for the verifier and the twenty-questions answerer.
 
     >>> sample_problem("direct", split="test", seed=1, index=3, digits=2).meta["a"] >= 10
     True

@@ -60,6 +60,15 @@ def test_twenty_answerer_held_out_phrasing_never_trained():
         assert p.target == ("yes" if T.KNOWLEDGE_BASE[p.meta["object"]][p.meta["attribute"]] else "no")
 
 
+def test_twenty_answerer_is_balanced_and_takes_a_label():
+    probs = [T.sample_problem("twenty_answerer", split="train", seed=0, index=i) for i in range(600)]
+    assert 240 < sum(p.target == "yes" for p in probs) < 360
+    assert len({p.meta["object"] for p in probs}) == len(T.KNOWLEDGE_BASE)
+    for label, word in ((True, "yes"), (False, "no")):
+        p = T.sample_problem("twenty_answerer", split="test", seed=0, index=1, label=label)
+        assert p.target == word == ("yes" if T.KNOWLEDGE_BASE[p.meta["object"]][p.meta["attribute"]] else "no")
+
+
 def test_verifier_balanced_with_each_corruption():
     probs = [T.sample_problem("verifier", split="train", seed=0, index=i) for i in range(600)]
     yes = sum(p.target == "yes" for p in probs)
