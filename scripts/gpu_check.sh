@@ -118,7 +118,7 @@ print("smoke: max |cuda - cpu| =", (out.cpu() - ref).abs().max().item())
 '
 
 # --- which C++ errors crash the process (the H200's segfault), each in a child process ----
-step throw_probe 120 "$PY" scripts/gpu_throw_probe.py
+step throw_probe 240 "$PY" scripts/gpu_throw_probe.py
 
 if [ "${ONLY_BUILD:-0}" = 1 ]; then  # scripts/gpu_session.sh builds first, then trains while the tests run
   [ "${#FAILED[@]}" -eq 0 ]
