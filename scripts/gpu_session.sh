@@ -19,7 +19,7 @@
 # about a minute both times that session (six the first session), and a warm machine is
 # given back after 30 s idle: a follow-up call must be ready before the first one ends.
 #
-# Environment (defaults): TRAIN_SECONDS (220), DEADLINE (400: benchmarks end by then),
+# Environment (defaults): TRAIN_SECONDS (300), DEADLINE (450: benchmarks end by then),
 # RUN_A / RUN_B (extra environment for each run, as "NAME=value ..." words, e.g. INIT,
 # SEED, BATCH_TOKENS, LR, WARMUP; RUN_B empty: no second run), WEIGHTS (the mixture).
 set -uo pipefail
@@ -36,7 +36,7 @@ say() { echo "gpu_session [$(( $(date +%s) - START ))s]: $*" | tee -a "$OUTDIR/s
 # the phase-6 mixture: less of what is met (scratchpad), more of what is not
 PHASE6='{"scratchpad":0.16,"direct":0.04,"verifier":0.30,"calculator":0.16,"selection_inference":0.22,"twenty_answerer":0.07,"twenty_questioner":0.05}'
 export WEIGHTS="${WEIGHTS:-$PHASE6}"
-export TRAIN_SECONDS="${TRAIN_SECONDS:-220}" BENCH=0 PACK=0 WORKERS="${WORKERS:-6}"
+export TRAIN_SECONDS="${TRAIN_SECONDS:-300}" BENCH=0 PACK=0 WORKERS="${WORKERS:-6}"
 RUN_A="${RUN_A:-SEED=12 BATCH_TOKENS=32768 LR=5e-4}"
 RUN_B="${RUN_B:-}"
 RUNS=(a)
@@ -76,7 +76,7 @@ done
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 [ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-left() { echo $(( ${DEADLINE:-400} - ($(date +%s) - START) )); }
+left() { echo $(( ${DEADLINE:-450} - ($(date +%s) - START) )); }
 if ! "$PY" -c "import transformers" > /dev/null 2>&1; then
   say "decode benchmark: skipped (no transformers here for its softmax GPT-2)"
 elif [ "$(left)" -gt 40 ]; then
