@@ -17,8 +17,7 @@ import time
 import torch
 
 from llmppl.models import load_pretrained
-from llmppl.models import tasks as T
-from llmppl.models.train import evaluate
+from llmppl.models.train import _greedy, _problems, evaluate
 
 # (metric, what it measures, target from the issue or None for "report")
 ROWS = [
@@ -42,13 +41,13 @@ ROWS = [
 def verifier_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[str, tuple[int, int]]:
     """Greedy verdicts on the ``verifier`` metric's ``n`` held-out problems, by kind of case.
 
+    The same problems and decoding as :func:`~llmppl.models.train.evaluate`'s ``verifier``.
+
     :returns: kind (``none`` for the correct solutions; ``step``, ``carry``, ``answer``,
         ``operand`` for the corruptions) -> ``(right, total)``.
     """
-    probs = [T.sample_problem("verifier", split="test", seed=seed, index=i) for i in range(n)]
-    verdicts = []
-    for i in range(0, n, batch):
-        verdicts += lm.generate([p.prompt for p in probs[i : i + batch]], max_tokens=6, stop="\n")
+    probs = _problems("verifier", n, seed)
+    verdicts = _greedy(lm, [p.prompt for p in probs], 6, batch)
     out: dict[str, tuple[int, int]] = {}
     for p, v in zip(probs, verdicts, strict=True):
         right, total = out.get(p.meta["corruption"], (0, 0))

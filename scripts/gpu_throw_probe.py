@@ -23,7 +23,6 @@ SETUP = """
 import torch
 from llmppl.ops import _extension
 assert _extension.load(), "extension not built"
-dev = {device!r}
 q = torch.rand(1, 2, 9, 8, device=dev); v = torch.randn(1, 2, 9, 4, device=dev); ls = torch.zeros(1, 2, 9, device=dev)
 """
 
@@ -35,22 +34,24 @@ at::Tensor probe_raise(const at::Tensor& x) { TORCH_CHECK(false, "probe: expecte
 TORCH_LIBRARY(llmppl_probe, m) { m.def("raise_(Tensor x) -> Tensor"); }
 TORCH_LIBRARY_IMPL(llmppl_probe, CompositeExplicitAutograd, m) { m.impl("raise_", &probe_raise); }
 """
-MINIMAL = """
+MINIMAL = f"""
 import tempfile, torch
 from torch.utils.cpp_extension import load_inline
-load_inline("llmppl_probe", cpp_sources=[{source!r}], is_python_module=False,
+load_inline("llmppl_probe", cpp_sources=[{MINIMAL_SOURCE!r}], is_python_module=False,
             build_directory=tempfile.mkdtemp(prefix="llmppl-probe-"))
-q = torch.rand(2, 3, device={device!r})
+q = torch.rand(2, 3, device=dev)
 """
 
+# name -> (setup, the call that should raise RuntimeError)
 CASES = {
-    "torch's own error (control)": "torch.mm(q[0, 0], q[0, 0])",
-    "ours, chunk 0 (short message)": "torch.ops.llmppl.causal_linear_attention(q, q, v, ls, 0)",
+    "torch's own error (control)": (SETUP, "torch.mm(q[0, 0], q[0, 0])"),
+    "ours, chunk 0 (short message)": (SETUP, "torch.ops.llmppl.causal_linear_attention(q, q, v, ls, 0)"),
     "ours, wrong log-scale shape (message with sizes)": (
-        "torch.ops.llmppl.causal_linear_attention(q, q, v, ls[..., :-1], 64)"
+        SETUP,
+        "torch.ops.llmppl.causal_linear_attention(q, q, v, ls[..., :-1], 64)",
     ),
-    "ours, mixed dtypes": "torch.ops.llmppl.causal_linear_attention(q, q.double(), v, ls, 64)",
-    "a minimal extension built here (no llmppl)": None,
+    "ours, mixed dtypes": (SETUP, "torch.ops.llmppl.causal_linear_attention(q, q.double(), v, ls, 64)"),
+    "a minimal extension built here (no llmppl)": (MINIMAL, "torch.ops.llmppl_probe.raise_(q)"),
 }
 
 
@@ -60,13 +61,9 @@ def main() -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     crashed = 0
     for device in devices:
-        for name, call in CASES.items():
-            if call is None:
-                setup, call = MINIMAL.format(source=MINIMAL_SOURCE, device=device), "torch.ops.llmppl_probe.raise_(q)"
-            else:
-                setup = SETUP.format(device=device)
+        for name, (setup, call) in CASES.items():
             catch = "except RuntimeError as e:\n    print('raised:', str(e).splitlines()[0][:60])\n"
-            code = f"{setup}\ntry:\n    {call}\n{catch}"
+            code = f"dev = {device!r}\n{setup}\ntry:\n    {call}\n{catch}"
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
             if proc.returncode == 0 and "raised" in proc.stdout:
                 verdict = "raises RuntimeError: " + proc.stdout.split("raised:", 1)[1].strip()

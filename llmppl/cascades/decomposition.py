@@ -121,13 +121,13 @@ def long_addition(
         width = max(len(x), len(y))
         # a block with digits on one side only is that operand's digits; the LM adds the rest
         total = add(f"b{i}", _operand(x), _operand(y)) if x and y else _operand(x or y)
-        if carry:
+        if carry and total.isdigit():  # a malformed sum is not a question to put to the LM
             total = add(f"b{i}-carry", total, "1")
-        last = i == len(blocks) - 1
         if not total.isdigit():  # a malformed sum stays in the answer, which is then wrong
             digits.append(total)
             carry = False
             continue
+        last = i == len(blocks) - 1
         carry = not last and len(total) > width
         digits.append(total if last else total[-width:].rjust(width, "0"))
     answer = "".join(reversed(digits)).lstrip("0") or "0"
