@@ -42,7 +42,10 @@ Formats (the arithmetic ones are a contract; every line ends with ``\n``):
 
 The knowledge base is memorised, so the answerer's held-out split is by *phrasing*: each
 attribute has three phrasings and for each (object, attribute) pair one phrasing is held
-out; a held-out question was never seen for that object, but the fact was.
+out; a held-out question was never seen for that object, but the fact was. Training also
+asks every fact in three more phrasings per attribute that are never held out (half the
+training questions): with more paraphrases of each fact, a small model's answers carry
+over to the held-out phrasing far better (``benchmarks/answerer_probe.py``).
 
 >>> p = sample_problem("scratchpad", split="train", seed=0, index=0)
 >>> p.text.startswith("Q: ") and p.text.endswith(p.target + "\n")
@@ -423,6 +426,26 @@ _QUESTIONS = {  # attribute -> three phrasings
     "root": ["Does it grow underground?", "Is it a root?", "Does it grow under the ground?"],
 }
 _ATTR_ORDER = list(_QUESTIONS)
+_MORE_QUESTIONS = {  # attribute -> three more phrasings, trained for every object, never held out
+    "animal": ["Is it a creature?", "Is it some animal?", "Would you call it an animal?"],
+    "fly": ["Can it go up in the air?", "Does it fly around?", "Can it fly high?"],
+    "water": ["Is its home in water?", "Does it swim in water?", "Is it at home in the water?"],
+    "big": ["Is it huge?", "Is it larger than a man?", "Is it very big?"],
+    "eat": ["Do people eat it?", "Is it a food?", "Can it be eaten?"],
+    "metal": ["Is it metallic?", "Is it built of metal?", "Is there metal in it?"],
+    "electric": ["Does it run on electricity?", "Does it need electric power?", "Do you plug it in?"],
+    "legs": ["Does it stand on legs?", "Has it legs?", "Does it have any legs?"],
+    "wheels": ["Does it roll on wheels?", "Has it wheels?", "Does it have any wheels?"],
+    "plant": ["Is it a green plant?", "Does it grow from a seed?", "Is it some kind of plant?"],
+    "pet": ["Is it kept as a pet?", "Could you have it as a pet?", "Is it a house pet?"],
+    "home": ["Is it in a home?", "Would you find it at home?", "Is it found in houses?"],
+    "fur": ["Has it got fur?", "Is it hairy?", "Does it have a furry coat?"],
+    "tiny": ["Is it really small?", "Is it smaller than a mouse is?", "Is it very tiny?"],
+    "air": ["Does it need air?", "Does it breathe?", "Must it breathe air?"],
+    "screen": ["Has it a screen?", "Is there a screen on it?", "Does it have a display screen?"],
+    "bark": ["Does it ever bark?", "Can it make a bark?", "Is it known to bark?"],
+    "root": ["Does it grow below ground?", "Is it a root vegetable?", "Does it grow in the ground?"],
+}
 _OBJECTS = {  # object -> attributes that hold (others do not); every object distinguishable
     "penguin": {"animal", "water", "eat", "legs", "air"},
     "eagle": {"animal", "fly", "legs", "air"},
@@ -478,8 +501,12 @@ def _twenty_answerer(rng, split, digits=None, label=None):
     yes = rng.random() < 0.5 if label is None else label
     attr = rng.choice([a for a in _ATTR_ORDER if KNOWLEDGE_BASE[obj][a] == yes])
     held = _held_out_phrasing(obj, attr)
-    k = held if split == "test" else rng.choice([i for i in range(3) if i != held])
-    question = _QUESTIONS[attr][k]
+    if split == "test":
+        question = _QUESTIONS[attr][held]
+    elif rng.random() < 0.5:
+        question = _QUESTIONS[attr][rng.choice([i for i in range(3) if i != held])]
+    else:
+        question = rng.choice(_MORE_QUESTIONS[attr])
     answer = "yes" if KNOWLEDGE_BASE[obj][attr] else "no"
     prompt = f"Object: {obj}. Q: {question} A:"
     return Problem("twenty_answerer", f"{prompt} {answer}\n", prompt, answer, {"object": obj, "attribute": attr})

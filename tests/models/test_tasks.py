@@ -60,6 +60,21 @@ def test_twenty_answerer_held_out_phrasing_never_trained():
         assert p.target == ("yes" if T.KNOWLEDGE_BASE[p.meta["object"]][p.meta["attribute"]] else "no")
 
 
+def test_twenty_answerer_trains_more_phrasings_and_keeps_the_test_set():
+    more = {q for qs in T._MORE_QUESTIONS.values() for q in qs}
+    held_out = {q for qs in T._QUESTIONS.values() for q in qs}
+    assert not more & held_out and all(len(qs) == 3 for qs in T._MORE_QUESTIONS.values())
+    asked = [T.sample_problem("twenty_answerer", split="train", seed=0, index=i) for i in range(1000)]
+    extra = [p for p in asked if p.prompt.split(" Q: ", 1)[1][: -len(" A:")] in more]
+    assert 400 < len(extra) < 600
+    for p in extra:  # the extra phrasing asks about the attribute it names
+        assert p.prompt.split(" Q: ", 1)[1][: -len(" A:")] in T._MORE_QUESTIONS[p.meta["attribute"]]
+    for i in range(100):  # the test split asks only the held-out phrasing of the pair
+        p = T.sample_problem("twenty_answerer", split="test", seed=0, index=i)
+        k = T._held_out_phrasing(p.meta["object"], p.meta["attribute"])
+        assert p.prompt.endswith(f" Q: {T._QUESTIONS[p.meta['attribute']][k]} A:")
+
+
 def test_twenty_answerer_is_balanced_and_takes_a_label():
     probs = [T.sample_problem("twenty_answerer", split="train", seed=0, index=i) for i in range(600)]
     assert 240 < sum(p.target == "yes" for p in probs) < 360
