@@ -23,7 +23,9 @@
 # benchmarks after the table), TABLE_N (500), DEVICE (cuda; cpu for a smoke test here),
 # PACK (0; 1: every file but the weights packed into logs.tar.gz), INIT (pretrained: the
 # checkpoint folder to start from), RUN_DIR (/tmp/llmppl-run: the run's own folder), PROBE
-# (build/gpu-probe.json: the probe's result, reused when present).
+# (build/gpu-probe.json: the probe's result, reused when present), MAX_DIGITS (unset: the
+# corpus's 1-6 digit operands; e.g. '{"scratchpad":8,"verifier":8,"direct":8}' trains
+# longer additions, see BENCHMARKS.md "Longer operands").
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +50,7 @@ WEIGHTS="${WEIGHTS:-$PHASE4}"
 DEVICE="${DEVICE:-cuda}"
 COMMON=(--device "$DEVICE" --init "${INIT:-pretrained}" --batch-tokens "$BATCH_TOKENS" --seed "${SEED:-7}"
   --workers "${WORKERS:-8}" --no-progress --weights "$WEIGHTS")
+[ -n "${MAX_DIGITS:-}" ] && COMMON+=(--max-digits "$MAX_DIGITS")
 PROBE="${PROBE:-build/gpu-probe.json}"  # per run when several train side by side
 RUN="${RUN_DIR:-/tmp/llmppl-run}"
 
