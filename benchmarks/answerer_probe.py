@@ -30,10 +30,11 @@ import random
 import time
 
 import torch
+from copy_probe import train_step  # benchmarks/, next to this file
 
 from llmppl.models import tasks as T
 from llmppl.models.performer import PerformerConfig, PerformerLM
-from llmppl.models.train import _encode_document, _pad, _weighted_loss, evaluate
+from llmppl.models.train import _encode_document, _pad, evaluate
 
 VARIANTS = ("qa", "qa+facts", "qa+pairs", "qa+phrasings")
 
@@ -124,13 +125,7 @@ def main(argv=None):
         for step in range(1, args.steps + 1):
             lm.train()
             ids, w = batch(variant, step, args.seed, args.docs, lm.tokenizer)
-            for g in opt.param_groups:
-                g["lr"] = args.lr * min(1.0, step / 100)
-            loss = _weighted_loss(lm, ids, w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
+            loss = train_step(lm, opt, ids, w, args.lr * min(1.0, step / 100))
             if step % args.eval_every == 0 or step == args.steps:
                 acc = evaluate(lm, "twenty_answerer", n=args.eval_n)
                 row = {

@@ -39,6 +39,18 @@ def softmax_forward(self, x, cos, sin, key_mask=None):
     return self._mlp(h), None
 
 
+def train_step(lm: PerformerLM, opt: torch.optim.Optimizer, ids, weight, lr: float) -> torch.Tensor:
+    """One optimiser step at learning rate ``lr`` on training's weighted loss, gradients clipped at 1."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = _weighted_loss(lm, ids, weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+    opt.step()
+    return loss
+
+
 def build(variant: str, args) -> PerformerLM:
     m = 256 if variant == "favor256" else args.num_features
     cfg = PerformerConfig(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, num_features=m)
@@ -134,13 +146,7 @@ def main(argv=None):
                 tokenizer=lm.tokenizer,
                 max_digits={"scratchpad": args.digits},
             )
-            for g in opt.param_groups:
-                g["lr"] = args.lr * min(1.0, step / 100)
-            loss = _weighted_loss(lm, ids, w)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
+            loss = train_step(lm, opt, ids, w, args.lr * min(1.0, step / 100))
             if step % args.eval_every == 0 or step == args.steps:
                 m = measure(lm, args.eval_n, args.eval_digits)
                 row = {"step": step, "loss": round(loss.item(), 4), **m, "seconds": round(time.perf_counter() - t0)}
