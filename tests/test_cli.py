@@ -44,6 +44,6 @@ def test_star_runs_iterations_and_saves_a_loadable_model(tmp_path, capsys):
 def test_star_help_and_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         cli.main(["star", "--help"])
-    assert "--max-digits" in capsys.readouterr().out
+    assert "sometimes right at --digits" in " ".join(capsys.readouterr().out.split())  # where STaR can start
     with pytest.raises(ValueError, match="train-problems"):
         cli.main(["star", "--train-problems", "0"])
