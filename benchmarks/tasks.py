@@ -6,7 +6,8 @@ run the two-step cascade of DESIGN.md (work up to the newline, then the answer).
 
     python benchmarks/tasks.py                 # the shipped checkpoint, 500 per row
     python benchmarks/tasks.py --checkpoint runs/performer/final --n 100
-    python benchmarks/tasks.py --breakdown --n 500   # the verifier's accuracy by kind of case
+    python benchmarks/tasks.py --breakdown --n 500   # the verifier's accuracy by kind of case,
+                                                     # beside the model's own reading of the work
 """
 
 from __future__ import annotations
@@ -55,6 +56,29 @@ def verifier_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[
     return out
 
 
+@torch.no_grad()
+def agreement_by_kind(lm, n: int, *, seed: int = 1234) -> dict[str, tuple[int, int]]:
+    """The same cases read as a scratchpad: is every token of the work the model's own greedy choice?
+
+    Each worked solution of the ``verifier`` metric is put after ``Q: a+b\nWork:`` and
+    teacher-forced; the check says "no" where the model's argmax differs from a given
+    token anywhere in the work or answer, "yes" otherwise. It measures whether the model
+    knows where a solution is wrong, apart from whether its ``OK:`` verdict says so.
+
+    :returns: kind -> ``(right, total)``, as :func:`verifier_by_kind`.
+    """
+    out: dict[str, tuple[int, int]] = {}
+    for p in _problems("verifier", n, seed):
+        work = p.text.split("\nWork:", 1)[1].rsplit("OK:", 1)[0]
+        ids = lm.encode_prompt(f"Q: {p.meta['a']}+{p.meta['b']}\nWork:")
+        cont = lm.tokenizer.encode(work)
+        logits = lm(torch.tensor([ids + cont], device=lm.embed.weight.device))[0, len(ids) - 1 : -1]
+        says_no = bool((logits.argmax(-1).cpu() != torch.tensor(cont)).any())
+        right, total = out.get(p.meta["corruption"], (0, 0))
+        out[p.meta["corruption"]] = (right + (says_no == (p.target == "no")), total + 1)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the shipped one)")
@@ -72,9 +96,12 @@ def main(argv=None) -> int:
         f"greedy, {args.n} held-out problems per row, on {args.device}"
     )
     if args.breakdown:
-        print("| verifier case | right | of | accuracy |\n|---|---|---|---|")
-        for kind, (right, total) in sorted(verifier_by_kind(lm, args.n, batch=args.batch).items()):
-            print(f"| {kind} | {right} | {total} | {right / total:.1%} |")
+        said = verifier_by_kind(lm, args.n, batch=args.batch)
+        agree = agreement_by_kind(lm, args.n)
+        print("| verifier case | of | `OK:` verdict right | own greedy reading agrees iff correct |")
+        print("|---|---|---|---|")
+        for kind, (right, total) in sorted(said.items()):
+            print(f"| {kind} | {total} | {right / total:.1%} | {agree[kind][0] / total:.1%} |")
         return 0
     print("| task | accuracy | target | met | seconds |\n|---|---|---|---|---|")
     for metric, label, target in ROWS:
