@@ -52,6 +52,24 @@ def sample_scratchpads(lm, problems, samples: int, batch: int = 64, seed: int = 
     return out
 
 
+STEP = re.compile(r"(\d)\+(\d)(?:\+(\d))?=(\d+) c(\d)")
+
+
+def error_kind(question: str, work: str) -> str:
+    """What is wrong in a scratchpad whose answer is wrong: a misread operand digit or not.
+
+    >>> error_kind("12+34", "2+4=6 c0; 1+3+0=4 c0"), error_kind("12+34", "2+3=5 c0; 1+3+0=4 c0")
+    ('other', 'operand')
+    """
+    a, b = question.split("+")
+    a, b = a.zfill(len(b))[::-1], b.zfill(len(a))[::-1]
+    for i, step in enumerate(work.split("; ")):
+        m = STEP.fullmatch(step)
+        if m and i < len(a) and (m.group(1), m.group(2)) != (a[i], b[i]):
+            return "operand"
+    return "other"
+
+
 def verify_pair(question: str, work: str, answer: str, correct: bool) -> tuple[str, str]:
     """A ``Verify:`` training pair in the verifier format of :mod:`llmppl.models.tasks`.
 
@@ -91,6 +109,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--kinds-only", action="store_true", help="only count what is wrong in wrong held-out samples")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,6 +118,11 @@ def main() -> None:
     train = addition_problems(args.problems, args.digits, split="train", seed=args.seed, start=10_000)
     held = addition_problems(args.held_out, args.digits, split="test", seed=args.seed, start=10_000)
     held_samples = sample_scratchpads(lm, held, 2, seed=args.seed + 1)
+    wrong = [error_kind(q, w) for q, w, _, c in held_samples if not c]
+    n_misread = wrong.count("operand")
+    print(f"{len(wrong)} of {len(held_samples)} held-out samples wrong; a misread operand digit in {n_misread}")
+    if args.kinds_only:
+        return
     before = verifier_accuracy(lm, held_samples)
     print(f"verifier on its own held-out scratchpads, before: {json.dumps(before)}", flush=True)
 
