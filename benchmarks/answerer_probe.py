@@ -27,10 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 
 import torch
-from copy_probe import train_step  # benchmarks/, next to this file
+from copy_probe import train_probe  # benchmarks/, next to this file
 
 from llmppl.models import tasks as T
 from llmppl.models.performer import PerformerConfig, PerformerLM
@@ -120,23 +119,16 @@ def main(argv=None):
     for variant in args.variants:
         torch.manual_seed(args.seed)
         lm = PerformerLM(PerformerConfig(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads))
-        opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
-        t0, rows = time.perf_counter(), []
-        for step in range(1, args.steps + 1):
-            lm.train()
-            ids, w = batch(variant, step, args.seed, args.docs, lm.tokenizer)
-            loss = train_step(lm, opt, ids, w, args.lr * min(1.0, step / 100))
-            if step % args.eval_every == 0 or step == args.steps:
-                acc = evaluate(lm, "twenty_answerer", n=args.eval_n)
-                row = {
-                    "step": step,
-                    "loss": round(loss.item(), 4),
-                    "held_out": acc,
-                    "seconds": round(time.perf_counter() - t0),
-                }
-                rows.append(row)
-                print(f"{variant:9s} {json.dumps(row)}", flush=True)
-        results[variant] = rows
+        results[variant] = train_probe(
+            lm,
+            steps=args.steps,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            eval_every=args.eval_every,
+            next_batch=lambda step, lm=lm, v=variant: batch(v, step, args.seed, args.docs, lm.tokenizer),
+            measure=lambda lm=lm: {"held_out": evaluate(lm, "twenty_answerer", n=args.eval_n)},
+            label=variant,
+        )
     print("\n| variant | steps | held-out answerer (balanced) |")
     print("|---|---|---|")
     for variant, rows in results.items():

@@ -51,6 +51,28 @@ def train_step(lm: PerformerLM, opt: torch.optim.Optimizer, ids, weight, lr: flo
     return loss
 
 
+def train_probe(
+    lm: PerformerLM, *, steps: int, lr: float, weight_decay: float, eval_every: int, next_batch, measure, label: str
+) -> list[dict]:
+    """Train ``lm`` from a fresh AdamW for ``steps`` steps, warming up linearly over 100.
+
+    ``next_batch(step) -> (ids, weights)`` gives each batch; every ``eval_every`` steps and
+    at the end, ``measure() -> dict`` adds a row ``{"step", "loss", **measure(), "seconds"}``,
+    printed as it comes. Returns the rows.
+    """
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=weight_decay)
+    t0, rows = time.perf_counter(), []
+    for step in range(1, steps + 1):
+        lm.train()
+        ids, w = next_batch(step)
+        loss = train_step(lm, opt, ids, w, lr * min(1.0, step / 100))
+        if step % eval_every == 0 or step == steps:
+            row = {"step": step, "loss": round(loss.item(), 4), **measure(), "seconds": round(time.perf_counter() - t0)}
+            rows.append(row)
+            print(f"{label:9s} {json.dumps(row)}", flush=True)
+    return rows
+
+
 def build(variant: str, args) -> PerformerLM:
     m = 256 if variant == "favor256" else args.num_features
     cfg = PerformerConfig(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, num_features=m)
@@ -134,10 +156,8 @@ def main(argv=None):
     results = {}
     for variant in args.variants:
         lm = build(variant, args)
-        opt = torch.optim.AdamW(lm.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
-        t0 = time.perf_counter()
-        rows = []
-        for step in range(1, args.steps + 1):
+
+        def next_batch(step, lm=lm):
             ids, w, _ = make_batch(
                 step,
                 seed=args.seed,
@@ -146,13 +166,18 @@ def main(argv=None):
                 tokenizer=lm.tokenizer,
                 max_digits={"scratchpad": args.digits},
             )
-            loss = train_step(lm, opt, ids, w, args.lr * min(1.0, step / 100))
-            if step % args.eval_every == 0 or step == args.steps:
-                m = measure(lm, args.eval_n, args.eval_digits)
-                row = {"step": step, "loss": round(loss.item(), 4), **m, "seconds": round(time.perf_counter() - t0)}
-                rows.append(row)
-                print(f"{variant:9s} {json.dumps(row)}", flush=True)
-        results[variant] = rows
+            return ids, w
+
+        results[variant] = train_probe(
+            lm,
+            steps=args.steps,
+            lr=args.lr,
+            weight_decay=0.05,
+            eval_every=args.eval_every,
+            next_batch=next_batch,
+            measure=lambda lm=lm: measure(lm, args.eval_n, args.eval_digits),
+            label=variant,
+        )
     print("\n| variant | steps | teacher-forced digit accuracy | greedy exact match |")
     print("|---|---|---|---|")
     for variant, rows in results.items():

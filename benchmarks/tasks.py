@@ -57,7 +57,7 @@ def verifier_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[
 
 
 @torch.no_grad()
-def agreement_by_kind(lm, n: int, *, seed: int = 1234) -> dict[str, tuple[int, int]]:
+def agreement_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[str, tuple[int, int]]:
     """The same cases read as a scratchpad: is every token of the work the model's own greedy choice?
 
     Each worked solution of the ``verifier`` metric is put after ``Q: a+b\nWork:`` and
@@ -68,14 +68,20 @@ def agreement_by_kind(lm, n: int, *, seed: int = 1234) -> dict[str, tuple[int, i
     :returns: kind -> ``(right, total)``, as :func:`verifier_by_kind`.
     """
     out: dict[str, tuple[int, int]] = {}
-    for p in _problems("verifier", n, seed):
-        work = p.text.split("\nWork:", 1)[1].rsplit("OK:", 1)[0]
-        ids = lm.encode_prompt(f"Q: {p.meta['a']}+{p.meta['b']}\nWork:")
-        cont = lm.tokenizer.encode(work)
-        logits = lm(torch.tensor([ids + cont], device=lm.embed.weight.device))[0, len(ids) - 1 : -1]
-        says_no = bool((logits.argmax(-1).cpu() != torch.tensor(cont)).any())
-        right, total = out.get(p.meta["corruption"], (0, 0))
-        out[p.meta["corruption"]] = (right + (says_no == (p.target == "no")), total + 1)
+    probs = _problems("verifier", n, seed)
+    for i in range(0, n, batch):
+        chunk = probs[i : i + batch]
+        heads = [lm.encode_prompt(f"Q: {p.meta['a']}+{p.meta['b']}\nWork:") for p in chunk]
+        works = [lm.tokenizer.encode(p.text.split("\nWork:", 1)[1].rsplit("OK:", 1)[0]) for p in chunk]
+        seqs = [h + w for h, w in zip(heads, works, strict=True)]
+        ids = torch.full((len(seqs), max(map(len, seqs))), lm.tokenizer.pad_id, dtype=torch.long)
+        for j, s in enumerate(seqs):  # padded at the end: causal, so no real position sees the padding
+            ids[j, : len(s)] = torch.tensor(s)
+        choice = lm(ids.to(lm.embed.weight.device)).argmax(-1).cpu()
+        for p, h, w, row in zip(chunk, heads, works, choice, strict=True):
+            says_no = bool((row[len(h) - 1 : len(h) + len(w) - 1] != torch.tensor(w)).any())
+            right, total = out.get(p.meta["corruption"], (0, 0))
+            out[p.meta["corruption"]] = (right + (says_no == (p.target == "no")), total + 1)
     return out
 
 
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
     )
     if args.breakdown:
         said = verifier_by_kind(lm, args.n, batch=args.batch)
-        agree = agreement_by_kind(lm, args.n)
+        agree = agreement_by_kind(lm, args.n, batch=args.batch)
         print("| verifier case | of | `OK:` verdict right | own greedy reading agrees iff correct |")
         print("|---|---|---|---|")
         for kind, (right, total) in sorted(said.items()):

@@ -26,7 +26,7 @@ import time
 import torch
 
 import llmppl
-from llmppl.cascades.star import addition_problems, star_pair
+from llmppl.cascades.star import addition_problems, star_document, star_pair
 from llmppl.models.train import fine_tune
 
 WORK = re.compile(r"^ (.+)\nA: (\d+)\n")
@@ -132,7 +132,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     k = min(len(good), len(bad))
     verify = [verify_pair(*s) for s in rng.sample(good, k) + rng.sample(bad, k)]
-    rationales = sorted({f"Q: {q}\nWork: {w}\nA: {a}\n" for q, w, a, c in good})
+    rationales = sorted({star_document(q, w, a) for q, w, a, _ in good})
     documents = verify + [star_pair(d) for d in rationales]
     print(
         f"{len(samples)} samples ({len(good)} correct); {len(verify)} verifier documents, "
