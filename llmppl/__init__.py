@@ -9,8 +9,12 @@ True
 
 __version__ = "0.1.0"
 
+import sys
+
 from . import distributions, inference, models, ops
 from . import inference as infer  # llmppl.infer.Importance(...), as in DESIGN.md
+
+sys.modules[f"{__name__}.infer"] = infer  # and `from llmppl.infer import SMC`, as from pyro.infer
 from .distributions import LM, Categorical, Delta, NextToken, get_default_model, set_default_model, use_model
 from .inference import SMC, Importance, InferenceError, Marginal, Posterior, Rejection
 from .models import (

@@ -33,6 +33,7 @@ import copy
 import io
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,9 +52,11 @@ _KINDS = ("sample", "observed", "factor", "deterministic")
 _PROMPT_WIDTH = 48
 
 
+_MARK_OPEN, _MARK_CLOSE = "\u27e6", "\u27e7"  # characters no prompt or tokenizer output is likely to contain
+
+
 def _marker(name: str) -> str:
-    # Characters no prompt or tokenizer output is likely to contain.
-    return f"\u27e6{name}\u27e7"
+    return f"{_MARK_OPEN}{name}{_MARK_CLOSE}"
 
 
 class _Site:
@@ -203,30 +206,128 @@ def _perturb(text: str) -> str:
     return "".join(out)
 
 
-def _interventions(site: _Site, seen: list) -> list:
+class _Recorder(str):
+    """A site's own value that notes the strings the program compares it with.
+
+    ``x == "yes"``, ``x in ("yes", "no")``, ``"7" in x``, ``x.startswith("1")`` and the
+    like, also after ``strip``/``lower``/``upper``/``casefold``, add a value that makes
+    the test come out the other way to ``wanted``: an ``if`` on a sampled string is then
+    caught even when no generic probe happens to flip it.
+    """
+
+    wanted: list
+
+    def __new__(cls, value: str, wanted: list):
+        obj = super().__new__(cls, value)
+        obj.wanted = wanted
+        return obj
+
+    def _note(self, value) -> None:
+        if isinstance(value, str) and len(self.wanted) < _MAX_RECORDED:
+            self.wanted.append(str(value))
+
+    def __eq__(self, other):
+        self._note(other)
+        return str.__eq__(self, other)
+
+    def __ne__(self, other):
+        self._note(other)
+        return str.__ne__(self, other)
+
+    __hash__ = str.__hash__
+
+    def __contains__(self, sub):
+        self._note(str(self) + sub if isinstance(sub, str) else None)
+        return str.__contains__(self, sub)
+
+    def startswith(self, prefix, *args):
+        for p in prefix if isinstance(prefix, tuple) else (prefix,):
+            self._note(p + str(self) if isinstance(p, str) else None)
+        return str.startswith(self, prefix, *args)
+
+    def endswith(self, suffix, *args):
+        for p in suffix if isinstance(suffix, tuple) else (suffix,):
+            self._note(str(self) + p if isinstance(p, str) else None)
+        return str.endswith(self, suffix, *args)
+
+    def _same(self, method: str, *args):
+        return _Recorder(getattr(str, method)(self, *args), self.wanted)
+
+    def strip(self, *args):
+        return self._same("strip", *args)
+
+    def lstrip(self, *args):
+        return self._same("lstrip", *args)
+
+    def rstrip(self, *args):
+        return self._same("rstrip", *args)
+
+    def lower(self):
+        return self._same("lower")
+
+    def upper(self):
+        return self._same("upper")
+
+    def casefold(self):
+        return self._same("casefold")
+
+
+_MAX_RECORDED = 16  # compared-with strings kept per site
+_MAX_SUPPORT = 32  # a discrete site with at most this many values is tried at every one
+
+
+def _string_probes(v: str) -> list[str]:
+    """Generic values for a string site: the same shape changed, empty, one longer, one shorter."""
+    longer = v + (v[-1] if v else "a")
+    return [_perturb(v), "", longer, v[:-1]]
+
+
+def _interventions(site: _Site, seen: list, recorded: list) -> list:
     """Values to put at ``site``: the marker first, then values that may flip control flow.
 
-    ``seen`` are other values the site took (in a posterior's particles): an ``if`` that
-    tests for one particular string is only caught by trying that string.
+    ``seen`` are other values the site took (in a posterior's particles) and ``recorded``
+    the strings the program compared it with (:class:`_Recorder`): an ``if`` that tests
+    for one particular string is only caught by trying that string.
     """
     v = site.value
+    base = _unwrap(site.fn)
+    if isinstance(v, str) and isinstance(base, Categorical):  # its values are all it can take
+        return [x for x in dict.fromkeys([_marker(site.name), *base.values]) if x != v]
     if isinstance(v, str):
-        values = [_marker(site.name), _perturb(v), "", *(x for x in seen if isinstance(x, str))]
-        base = _unwrap(site.fn)
-        if isinstance(base, Categorical):
-            values += base.values
+        values = [_marker(site.name), *_string_probes(v), *recorded, *(x for x in seen if isinstance(x, str))]
         return [x for x in dict.fromkeys(values) if x != v]
     if isinstance(v, list) and all(isinstance(s, str) for s in v):
         return [_string_marker(site.fn, site.name), [_perturb(s) for s in v]]
     if isinstance(v, torch.Tensor) and v.numel() > 0:
         if v.is_floating_point() or v.is_complex():
-            return [v + 1]
-        return [(v == 0).to(v.dtype)]
+            return [v + 1, v - 1, -v]
+        support = _small_support(base, v)
+        if support is not None:
+            return [x for x in support if not torch.equal(x, v)]
+        return [(v == 0).to(v.dtype), v + 1]
     return []
 
 
-def _run(model, args, kwargs, values, overrides, *, block: bool):
-    """One run under :class:`_InterveneMessenger`; returns ``(sites, error)`` (a partial run on error)."""
+def _small_support(base, v: torch.Tensor) -> list | None:
+    """Every value of a discrete site with few values (a scalar site only), else ``None``."""
+    if v.numel() != 1 or not getattr(base, "has_enumerate_support", False):
+        return None
+    with contextlib.suppress(Exception):
+        support = base.enumerate_support(expand=False).reshape(-1)
+        if support.numel() <= _MAX_SUPPORT:
+            return [x.reshape(v.shape).to(v.dtype) for x in support]
+    return None
+
+
+def _run(model, args, kwargs, values, overrides, *, block: bool, rng_state=None):
+    """One run under :class:`_InterveneMessenger`; returns ``(sites, error)`` (a partial run on error).
+
+    With ``rng_state`` (``pyro.util.get_rng_state()``) the run starts from that state, so
+    randomness in the program itself (a ``random.choice`` of few-shot examples) is the same
+    in every run and does not look like a dependency.
+    """
+    if rng_state is not None:
+        pyro.util.set_rng_state(rng_state)
     msngr = _InterveneMessenger(values, overrides, block=block)
     error = None
     quiet = contextlib.redirect_stdout(io.StringIO()) if block else contextlib.nullcontext()
@@ -252,7 +353,7 @@ def _changed(reference: list[_Site], run: list[_Site], start: int) -> set[str]:
             changed.add(name)
         elif got[name].signature != s.signature or got[name].kind != s.kind:
             changed.add(name)
-    changed.update(name for name in got if name not in ref_all)
+    changed.update(name for name in _new_sites(reference, run, start) if name not in ref_all)
     # order: compare the common sites' sequences
     common_ref = [s.name for s in reference[start + 1 :] if s.name in got]
     common_run = [s.name for s in run if s.name in ref_after]
@@ -260,10 +361,64 @@ def _changed(reference: list[_Site], run: list[_Site], start: int) -> set[str]:
     return changed
 
 
-def _template(prompt: str, markers: dict[str, str]) -> str:
+def _new_sites(reference: list[_Site], run: list[_Site], start: int) -> list[str]:
+    """Sites of ``run`` that the reference lacks, less the renamed ones.
+
+    A site whose *name* is built from a parent's value (``f"y_{x}"``) is renamed, not new,
+    under an intervention on that parent: a missing reference site and a new one in the
+    same place, in order, are paired off (the missing one already counts as changed).
+    """
+    ref_names = {s.name for s in reference}
+    got = {s.name for s in run}
+    missing = [s for s in reference[start + 1 :] if s.name not in got]
+    new = [s for s in run if s.name not in ref_names]
+    out = []
+    for s in new:
+        twin = next((m for m in missing if m.kind == s.kind and type(_unwrap(m.fn)) is type(_unwrap(s.fn))), None)
+        if twin is not None:
+            missing.remove(twin)
+        else:
+            out.append(s.name)
+    return out
+
+
+def _template(prompt: str, markers: dict[str, str], parents=()) -> str:
+    """``prompt`` with each marker (also upper- or lower-cased) as ``{name}``, and what is left
+    of a cut marker (``x[:2]``) as ``{name…}`` (a piece that fits several markers: the
+    parent's among them, or ``{…}``)."""
     for name, marker in markers.items():
-        prompt = prompt.replace(marker, "{" + name + "}")
-    return prompt
+        for m in dict.fromkeys((marker, marker.upper(), marker.lower())):
+            prompt = prompt.replace(m, "{" + name + "}")
+    if _MARK_OPEN not in prompt and _MARK_CLOSE not in prompt:
+        return prompt
+    lowered = {name: m.lower() for name, m in markers.items()}
+
+    def piece(text: str, fits) -> str:
+        names = [n for n, m in lowered.items() if fits(m, text.lower())]
+        if len(names) > 1:
+            names = [n for n in names if n in parents] or names
+        return "{" + (names[0] if len(names) == 1 else "") + "\u2026}"
+
+    out, i = [], 0
+    while i < len(prompt):
+        c = prompt[i]
+        if c == _MARK_OPEN:  # the head of a marker: as much of it as matches one
+            k = 1
+            while i + k < len(prompt) and any(m.startswith(prompt[i : i + k + 1].lower()) for m in lowered.values()):
+                k += 1
+            out.append(piece(prompt[i : i + k], str.startswith))
+            i += k
+        elif c == _MARK_CLOSE:  # the tail of one: take back what matches its end
+            head = "".join(out)
+            k = 0
+            while k < len(head) and any(m.endswith((head[len(head) - k - 1 :] + c).lower()) for m in lowered.values()):
+                k += 1
+            out = [head[: len(head) - k], piece(head[len(head) - k :] + c, str.endswith)]
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def _shorten(text: str, width: int = _PROMPT_WIDTH) -> str:
@@ -307,6 +462,42 @@ def _diagnostics(posterior, name: str, kind: str) -> dict:
     return out
 
 
+def _edges(model, args, kwargs, reference: list[_Site], ref_values: dict, posterior, rng):
+    """``(edges, info, order)``: the direct dependencies, every site seen (reference and
+    under intervention) by name, and their execution order."""
+    order = [s.name for s in reference]
+    info: dict[str, _Site] = {s.name: s for s in reference}
+    edges: list[tuple[str, str]] = []
+    for i, site in enumerate(reference):
+        seen = _seen_values(posterior, site.name) if posterior is not None else []
+        recorded: list[str] = []
+        if isinstance(site.value, str):
+            _run(model, args, kwargs, ref_values, {site.name: _Recorder(site.value, recorded)}, block=True, rng_state=rng)
+        probes = _interventions(site, seen, recorded)
+        runs = [_run(model, args, kwargs, ref_values, {site.name: v}, block=True, rng_state=rng) for v in probes]
+        # A value the program rejects (e.g. a marker given to a parser) tells little: use the
+        # runs that finished, and only when none did, the first one, conservatively.
+        clean = [sites for sites, err in runs if err is None]
+        children: set[str] = set()
+        for sites in (clean or [runs[0][0]]) if runs else []:
+            children |= _changed(reference, sites, i)
+            new = set(_new_sites(reference, sites, i))
+            for j, s in enumerate(sites):  # sites only reached under intervention
+                if s.name in new and s.name not in info:
+                    info[s.name] = s
+                    prev = [t.name for t in sites[:j] if t.name in order]
+                    order.insert(order.index(prev[-1]) + 1 if prev else len(order), s.name)
+        edges += [(site.name, c) for c in order if c in children and c != site.name]
+    return edges, info, order
+
+
+def _templated(model, args, kwargs, reference: list[_Site], ref_values: dict, rng) -> dict[str, _Site]:
+    """One run with every string site's value replaced by its marker, for prompt templates."""
+    overrides = {s.name: _string_marker(s.fn, s.name) for s in reference if _is_string_dist(s.fn)}
+    templated, _ = _run(model, args, kwargs, ref_values, overrides, block=True, rng_state=rng)
+    return {s.name: s for s in templated}
+
+
 def model_relations(model: Callable, model_args=(), model_kwargs=None, *, posterior=None) -> dict:
     """The model's sites and direct dependencies, found by intervention, as a plain dict.
 
@@ -345,36 +536,22 @@ def model_relations(model: Callable, model_args=(), model_kwargs=None, *, poster
     if len({s.name for s in reference}) != len(reference):
         raise ValueError("model_graph: site names repeat within one run; expected unique names")
     ref_values = {s.name: s.value for s in reference if not s.is_observed}
-
-    order = [s.name for s in reference]
-    info: dict[str, _Site] = {s.name: s for s in reference}
-    reached = set(order)
-    edges: list[tuple[str, str]] = []
-    for i, site in enumerate(reference):
-        seen = _seen_values(posterior, site.name) if posterior is not None else []
-        probes = _interventions(site, seen)
-        runs = [_run(model, args, kwargs, ref_values, {site.name: v}, block=True) for v in probes]
-        # A value the program rejects (e.g. a marker given to a parser) tells little: use the
-        # runs that finished, and only when none did, the first one, conservatively.
-        clean = [sites for sites, err in runs if err is None]
-        children: set[str] = set()
-        for sites in (clean or [runs[0][0]]) if runs else []:
-            children |= _changed(reference, sites, i)
-            for j, s in enumerate(sites):  # sites only reached under intervention
-                if s.name not in info:
-                    info[s.name] = s
-                    prev = [t.name for t in sites[:j] if t.name in order]
-                    order.insert(order.index(prev[-1]) + 1 if prev else len(order), s.name)
-        edges += [(site.name, c) for c in order if c in children and c != site.name]
-
-    # Prompt templates: one run with every string value replaced by its site's marker.
+    # Every later run replays the values and starts from this random state, so the
+    # program's own randomness is the same in all of them; the user's state is put back.
+    rng = pyro.util.get_rng_state()
+    try:
+        replayed, error = _run(model, args, kwargs, ref_values, {}, block=True, rng_state=rng)
+        if error is None and [s.name for s in replayed] == [s.name for s in reference]:
+            reference = replayed
+        edges, info, order = _edges(model, args, kwargs, reference, ref_values, posterior, rng)
+        templated = _templated(model, args, kwargs, reference, ref_values, rng)
+    finally:
+        pyro.util.set_rng_state(rng)
+    reached = {s.name for s in reference}
     markers = {s.name: _marker(s.name) for s in reference if isinstance(s.value, str)}
     for s in reference:
         if isinstance(s.value, list) and all(isinstance(v, str) for v in s.value):
             markers.update({f"{s.name}[{i}]": _marker(f"{s.name}[{i}]") for i in range(len(s.value))})
-    overrides = {s.name: _string_marker(s.fn, s.name) for s in reference if _is_string_dist(s.fn)}
-    templated, _ = _run(model, args, kwargs, ref_values, overrides, block=True)
-    templated = {s.name: s for s in templated}
     parents_of: dict[str, list[str]] = {}
     for p, c in edges:
         parents_of.setdefault(c, []).append(p)
@@ -385,13 +562,13 @@ def model_relations(model: Callable, model_args=(), model_kwargs=None, *, poster
         prompt = _prompt(s.fn)
         t = templated.get(name)
         if prompt is not None and t is not None and _prompt(t.fn) is not None:
-            prompt = _template(_prompt(t.fn), markers)
+            prompt = _template(_prompt(t.fn), markers, parents_of.get(name, ()))
         elif prompt is not None:
             for p in sorted(parents_of.get(name, ()), key=lambda p: -len(str(ref_values.get(p, "")))):
                 v = ref_values.get(p)
                 if isinstance(v, str) and len(v) >= 2:
                     prompt = prompt.replace(v, "{" + p + "}")
-            prompt = _template(prompt, markers)
+            prompt = _template(prompt, markers, parents_of.get(name, ()))
         base = _unwrap(s.fn)
         attrs = {
             "kind": s.kind,
@@ -509,8 +686,16 @@ def _render_spec(spec: dict):
         parent = remaining.pop(leaf)
         (clusters[parent] if parent is not None else graph).subgraph(clusters[leaf])
     for a, b in spec["edges"]:
-        graph.edge(a, b)
+        if ":" in a or ":" in b:  # graphviz's edge() reads "a:b" as node a, port b
+            graph.body.append(f"\t{_quoted(a)} -> {_quoted(b)}\n")
+        else:
+            graph.edge(a, b)
     return graph
+
+
+def _quoted(name: str) -> str:
+    """A DOT identifier in double quotes (a colon inside is then part of the name)."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_model(
@@ -552,8 +737,10 @@ def render_model(
     dot = _render_spec(_graph_spec(graph, render_distributions))
     if filename is not None:
         path = Path(filename)
-        fmt = path.suffix[1:]
+        fmt = path.suffix[1:].lower()
         if not fmt:
             raise ValueError(f"render_model: filename: expected a suffix such as .svg or .png, got {str(filename)!r}")
-        dot.render(str(path.with_suffix("")), view=False, cleanup=True, format=fmt)
+        written = dot.render(str(path.with_suffix("")), view=False, cleanup=True, format=fmt)
+        if Path(written) != path:  # "graph.SVG": graphviz wrote "graph.svg"
+            os.replace(written, path)
     return dot

@@ -175,6 +175,39 @@ def scaled_log_prob(lp, scale, mask, name: str) -> float:
     return checked_float(float(t.sum()), name, "log-probability")
 
 
+def potential_key(potential) -> tuple:
+    """Which potentials are the same function, so their particles are steered together.
+
+    Every particle re-runs the model, so a potential written inline
+    (``LM(..., potential=lambda s: ...)``) is a new function object in each: two are the
+    same when they share code, defaults and the values they close over (compared by
+    value when hashable, else by identity). Any other callable is itself.
+
+    >>> make = lambda k: (lambda s: -len(s) * k)
+    >>> potential_key(make(2)) == potential_key(make(2)), potential_key(make(2)) == potential_key(make(3))
+    (True, False)
+    """
+    code = getattr(potential, "__code__", None)
+    if code is None:
+        return ("object", id(potential))
+
+    def frozen(x):
+        try:
+            hash(x)
+        except TypeError:
+            return ("id", id(x))
+        return ("value", type(x), x)
+
+    try:
+        cells = tuple(frozen(c.cell_contents) for c in potential.__closure__ or ())
+    except ValueError:  # an empty cell
+        return ("object", id(potential))
+    defaults = tuple(frozen(d) for d in potential.__defaults__ or ())
+    kwdefaults = tuple(sorted((k, frozen(v)) for k, v in (potential.__kwdefaults__ or {}).items()))
+    owner = getattr(potential, "__self__", None)
+    return ("function", code, id(potential.__globals__), cells, defaults, kwdefaults, id(owner))
+
+
 def call_potential(fn, text: str, name: str) -> float:
     """``fn.potential(text)`` as a float, naming the site on NaN, ``+inf`` or an exception.
 
@@ -425,7 +458,7 @@ class Engine:
                     "has no tractable density); move the potential to the model"
                 )
             if fn.potential is not None and self.steer:
-                steered.setdefault((*key, id(fn.potential)), []).append(i)
+                steered.setdefault((*key, potential_key(fn.potential)), []).append(i)
             else:
                 plain.setdefault(key, []).append(i)
         for idx in plain.values():

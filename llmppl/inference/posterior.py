@@ -33,10 +33,27 @@ class InferenceError(RuntimeError):
         self.site = site
 
 
+class _FrozenDict(dict):
+    """A dict that can be a key (a model returning a dict): equal dicts are one value."""
+
+    def __hash__(self):
+        return hash(frozenset(self.items()))
+
+
 def _hashable(value):
-    """Site values as dictionary keys: strings as they are, scalar tensors as numbers."""
+    """Site and return values as dictionary keys: strings as they are, scalar tensors as
+    numbers, tuples and lists (also of tensors) as tuples, dicts as hashable dicts.
+
+    >>> _hashable((torch.tensor(1.0), ["a", torch.tensor([1, 2])]))
+    (1.0, ('a', (1, 2)))
+    """
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else tuple(value.reshape(-1).tolist())
+    if isinstance(value, (tuple, list)):
+        items = [_hashable(v) for v in value]
+        return type(value)._make(items) if hasattr(type(value), "_make") else tuple(items)
+    if isinstance(value, dict):
+        return _FrozenDict({_hashable(k): _hashable(v) for k, v in value.items()})
     try:
         hash(value)
     except TypeError:

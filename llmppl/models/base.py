@@ -317,7 +317,9 @@ class LanguageModel:
         if banned is not None:
             lp = lp.index_fill(-1, banned, _NEG_INF)
         if temperature != 1.0:
-            lp = lp / temperature
+            # in float64 and from the maximum: no finite temperature > 0 overflows every entry
+            # (or underflows to 0/0); the maximum stays at 0
+            lp = ((lp.double() - lp.amax(-1, keepdim=True).double()) / temperature).float()
         if top_k is not None and top_k < lp.shape[-1]:
             kth = lp.topk(top_k, dim=-1).values[..., -1:]
             lp = lp.masked_fill(lp < kth, _NEG_INF)

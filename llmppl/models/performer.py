@@ -330,12 +330,13 @@ class PerformerLM(nn.Module, LanguageModel):
     # ------------------------------------------------------------------ LanguageModel token tier
 
     def encode_prompt(self, text: str) -> list[int]:
-        """``[BOS] + bytes(text)``: the empty prompt decodes from ``BOS``.
+        """``[BOS] + bytes(text)``: the empty prompt decodes from ``BOS``. A prompt joined
+        from sampled pieces that split a UTF-8 character is the bytes that were sampled.
 
         >>> PerformerLM(PerformerConfig.tiny()).encode_prompt("hi")
         [256, 104, 105]
         """
-        return [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
+        return [self.tokenizer.bos_id, *self.tokenizer.encode(text, strict=False)]
 
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]]) -> PerformerState:

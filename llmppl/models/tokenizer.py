@@ -30,12 +30,19 @@ class ByteTokenizer:
     pad_id = 258
     vocab_size = 259
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, strict: bool = True) -> list[int]:
         """The byte tokens of ``text`` (no BOS/EOS).
 
         Raises ``TypeError`` for a non-``str`` and ``ValueError`` for a string that no
         byte sequence decodes to (lone surrogates outside ``surrogateescape``'s range,
-        or escaped bytes that would decode to other characters).
+        or escaped bytes that would decode to other characters). With ``strict=False``
+        escaped bytes are taken as they are: a prompt joined from sampled pieces that
+        split a UTF-8 character (``decode([0xe2, 0x82]) + decode([0xac])``) is the bytes
+        that were sampled.
+
+        >>> tok = ByteTokenizer()
+        >>> tok.encode(tok.decode([0xe2, 0x82]) + tok.decode([0xac]), strict=False)
+        [226, 130, 172]
         """
         if not isinstance(text, str):
             raise TypeError(f"ByteTokenizer.encode: expected a str, got {type(text).__name__}")
@@ -45,7 +52,7 @@ class ByteTokenizer:
             raise ValueError(
                 f"ByteTokenizer.encode: {text!r} is not the decoding of any byte sequence ({err})"
             ) from None
-        if not text.isascii() and data.decode("utf-8", "surrogateescape") != text:
+        if strict and not text.isascii() and data.decode("utf-8", "surrogateescape") != text:
             raise ValueError(f"ByteTokenizer.encode: {text!r} is not the decoding of any byte sequence")
         return list(data)
 
