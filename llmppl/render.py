@@ -277,9 +277,10 @@ _MAX_SUPPORT = 32  # a discrete site with at most this many values is tried at e
 
 
 def _string_probes(v: str) -> list[str]:
-    """Generic values for a string site: the same shape changed, empty, one longer, one shorter."""
-    longer = v + (v[-1] if v else "a")
-    return [_perturb(v), "", longer, v[:-1]]
+    """Generic values for a string site: the same shape changed, empty, one and sixteen
+    characters longer (the last one repeated: digits stay digits), one shorter."""
+    last = v[-1] if v else "a"
+    return [_perturb(v), "", v + last, v + last * 16, v[:-1]]
 
 
 def _interventions(site: _Site, seen: list, recorded: list) -> list:

@@ -1,6 +1,7 @@
 """Model graphs by intervention: the relations, not the pictures."""
 
 import math
+import shutil
 import re
 
 import pyro
@@ -329,3 +330,107 @@ def test_a_steered_site_is_drawn_unsteered(lm):
 
     g = model_graph(steered)
     assert set(g.edges) == {("a", "b")}
+
+
+@pytest.mark.parametrize(
+    "test",
+    [
+        lambda w: w == "zzz",
+        lambda w: w in ("zzz", "yyy"),
+        lambda w: "zzz" in w,
+        lambda w: w.startswith("zz"),
+        lambda w: w.endswith("zz"),
+        lambda w: w.strip().lower() == "zzz",
+        lambda w: len(w) > 3,
+    ],
+    ids=["==", "in tuple", "contains", "startswith", "endswith", "strip.lower ==", "len"],
+)
+def test_if_on_a_string_the_reference_never_equals_is_found(test):
+    # "z" is not in the alphabet: no sampled value passes the test, and no generic probe
+    # (marker, same shape changed, empty) does either; the compared-with string does
+    lm = CountingLM(alphabet="ab")
+
+    def model():
+        w = pyro.sample("w", _lm("a", lm))
+        if test(w):
+            pyro.sample("child", _lm("b", lm))
+        pyro.sample("after", _lm("a", lm))
+
+    for seed in range(3):
+        pyro.set_rng_seed(seed)
+        g = model_graph(model)
+        assert sorted(g.edges) == [("w", "child")], seed
+        assert g.nodes["child"]["reached"] is False
+
+
+def test_if_on_integer_and_real_sites_is_found(lm):
+    def model():
+        c = pyro.sample("c", pyro.distributions.Categorical(torch.ones(5)))
+        x = pyro.sample("x", pyro.distributions.Normal(0.0, 1.0))
+        pyro.sample("y", _lm("a" if int(c) == 3 else "b", lm))
+        pyro.sample("z", _lm("a" if float(x) > 0 else "b", lm))
+
+    for seed in range(4):
+        pyro.set_rng_seed(seed)
+        assert edges(model) == [("c", "y"), ("x", "z")], seed
+
+
+def test_randomness_in_the_program_is_not_a_dependency(lm):
+    import random
+
+    shots = ["ab", "ba", "aa", "bb"]
+
+    def model():
+        pyro.sample("x", _lm("a", lm))
+        shot = random.choice(shots)  # independent of x
+        noise = torch.randn(())
+        pyro.sample("y", _lm(shot + "a", lm))
+        pyro.sample("z", pyro.distributions.Normal(noise, 1.0))
+
+    for seed in range(5):
+        pyro.set_rng_seed(seed)
+        before = random.getstate()
+        assert edges(model) == [], seed
+        random.setstate(before)
+
+
+def test_a_site_named_after_a_value_is_one_node(lm):
+    def model():
+        x = pyro.sample("x", _lm("a", lm, 2))
+        pyro.sample(f"y_{x}", _lm("b", lm))
+
+    pyro.set_rng_seed(0)
+    g = model_graph(model)
+    assert len(g.nodes) == 2 and len(g.edges) == 1
+    assert not any("\u27e6" in n for n in g.nodes)
+
+
+def test_templates_show_transformed_and_cut_values_by_name():
+    lm = CountingLM(alphabet="abQAB ")
+
+    def model():
+        x = pyro.sample("x", _lm("a", lm))
+        pyro.sample("up", _lm("Q " + x.upper(), lm))
+        pyro.sample("cut", _lm("Q " + x[:2], lm))
+        prev = x
+        for i in range(2):
+            prev = pyro.sample(f"s{i}", _lm(prev[-1:] + "b", lm))
+
+    g = model_graph(model)
+    assert g.nodes["up"]["prompt"] == "Q {x}"
+    assert g.nodes["cut"]["prompt"] == "Q {x\u2026}"
+    assert g.nodes["s0"]["prompt"] == "{x\u2026}b" and g.nodes["s1"]["prompt"] == "{s0\u2026}b"
+    assert not any("\u27e6" in (g.nodes[n]["prompt"] or "") or "\u27e7" in (g.nodes[n]["prompt"] or "") for n in g)
+
+
+def test_render_names_with_a_colon(lm, tmp_path):
+    def model():
+        x = pyro.sample("a:b", _lm("a", lm))
+        pyro.sample("c d", _lm("b" + x, lm))
+
+    dot = render_model(model, filename=tmp_path / "g.SVG")
+    assert '"a:b" -> "c d"' in dot.source
+    assert (tmp_path / "g.SVG").exists()
+    if shutil.which("dot"):
+        svg = (tmp_path / "g.SVG").read_text()
+        assert svg.count('class="node"') == 2  # no stray node "a" from a port

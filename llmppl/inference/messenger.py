@@ -120,8 +120,9 @@ class ReplayStopMessenger(Messenger):
         self.last_site = name
         if isinstance(fn, IIDStrings) and isinstance(getattr(fn, "base_dist", None), LM):
             raise NotImplementedError(
-                f"site {name!r}: an LM inside a pyro.plate of size > 1 is not supported by the replay engine; "
-                "use a Python loop with one site per string"
+                f"site {name!r}: an LM inside a vectorised pyro.plate ({fn.n} strings) is not supported by the "
+                "replay engine, observed or not; use a Python loop with one site per string "
+                "(`for i in pyro.plate(...)` or `range`)"
             )
         entry = _trail_entry(name, fn)
         k = len(self.trail)
@@ -131,7 +132,7 @@ class ReplayStopMessenger(Messenger):
                 + (" with the same prompt" if self.expected[k][0] == name else "")
                 + " at this point, as in the previous round. The model must be deterministic given its "
                 "pyro.sample values: randomness outside pyro.sample (Python's random, numpy.random, time) "
-                "cannot be replayed; draw it with pyro.sample instead"
+                "cannot be replayed, nor can a site hidden by poutine.block; draw it with an unblocked pyro.sample"
             )
         self.trail.append(entry)
         is_lm = isinstance(fn, LM)

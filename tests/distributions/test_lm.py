@@ -148,3 +148,37 @@ def test_next_token_from_a_state(lm):
     torch.testing.assert_close(NextToken(state, lm).log_prob("b"), NextToken("ab", lm).log_prob("b"))
     with pytest.raises(ValueError, match="one-row"):
         NextToken(lm.prefill_prompts(["a", "b"]), lm)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-324, 1e300])
+def test_extreme_temperatures_never_give_nan(temperature):
+    from llmppl.models import PerformerConfig, PerformerLM
+
+    torch.manual_seed(0)
+    for model in (ToyLM(alphabet="ab"), PerformerLM(PerformerConfig.tiny())):
+        d = LM("a", model=model, max_tokens=3, temperature=temperature)
+        value = d.sample()
+        lps = d.log_prob_batch([value, "ab", "bb"])
+        assert not torch.isnan(lps).any()
+        assert torch.isfinite(lps[0])  # what was sampled is possible
+
+
+def test_prompt_joined_from_pieces_of_one_utf8_character():
+    from llmppl.models import PerformerConfig, PerformerLM
+
+    lm = PerformerLM(PerformerConfig.tiny())
+    tok = lm.tokenizer
+    a, b = tok.decode([0xE2, 0x82]), tok.decode([0xAC])  # the pieces of "€", as sampled
+    d = LM(a + b, model=lm, max_tokens=2)
+    assert isinstance(d.sample(), str)
+    assert lm.encode_prompt(a + b) == lm.encode_prompt("€")
+    # as a value, the joined escapes are no byte sequence's decoding (those bytes decode to "€")
+    assert d.log_prob(a + b) == -math.inf and math.isfinite(d.log_prob(a))
+
+
+def test_llmppl_infer_is_importable_like_pyro_infer():
+    import llmppl
+    import llmppl.infer
+    from llmppl.infer import SMC, Importance
+
+    assert llmppl.infer.SMC is SMC and Importance is llmppl.Importance

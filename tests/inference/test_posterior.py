@@ -111,3 +111,32 @@ def test_posterior_html_lists_at_most_max_sites():
     post = Posterior([{f"s{i}": "v" for i in range(5)}], torch.zeros(1))
     page = post._repr_html_(max_sites=2)
     assert "s1" in page and "s2" not in page and "3 more sites" in page
+
+
+def test_tuple_and_dict_returns_with_tensors_are_merged():
+    import pyro
+    import pyro.distributions as dist
+
+    from llmppl.distributions import LM
+    from llmppl.models import ToyLM
+
+    lm = ToyLM(alphabet="ab")
+
+    def model():
+        z = pyro.sample("z", dist.Bernoulli(0.5))
+        x = pyro.sample("x", LM("", model=lm, max_tokens=1))
+        return (x, z)
+
+    pyro.set_rng_seed(0)
+    m = Importance(model, num_samples=200, progress=False).run().marginal()
+    assert len(m) <= 6  # x in {"", "a", "b"}, z in {0, 1}
+    x, z = m.mode()
+    assert isinstance(x, str) and z in (0.0, 1.0)
+
+    def as_dict():
+        x, z = model()
+        return {"x": x, "z": z}
+
+    pyro.set_rng_seed(0)
+    m = Importance(as_dict, num_samples=200, progress=False).run().marginal()
+    assert len(m) <= 6 and isinstance(m.mode(), dict) and set(m.mode()) == {"x", "z"}
