@@ -20,11 +20,44 @@ __all__ = ["build_parser", "demo", "main", "star"]
 METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use", "by blocks+SMC")  # the demo's
 
 
+def _positive_int(text: str) -> int:
+    """An argparse ``type``: an int ``>= 1`` (argparse names the option in its usage error).
+
+    >>> _positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _folder(text: str) -> str:
+    """An argparse ``type``: a folder that exists or can be created (no file in the way).
+
+    >>> _folder("build/demo")
+    'build/demo'
+    """
+    path = os.path.abspath(text)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a folder, but {path!r} is a file")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser; ``train`` forwards its remaining arguments."""
+    """The top-level parser; ``train`` forwards its remaining arguments.
+
+    ``parser.subcommands`` maps each command to its parser (for its usage errors).
+    """
     parser = argparse.ArgumentParser(
         prog="llmppl", description="Language-model calls as Pyro distributions over strings."
     )
+    positive = _positive_int
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "train",
@@ -42,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
             "method and write the scratchpad+verifier model graph as SVG."
         ),
     )
-    d.add_argument("--problems", type=int, default=12, help="held-out problems per digit count (default: 12)")
-    d.add_argument("--digits", type=int, nargs="+", default=[5, 8], help="operand lengths (default: 5 8)")
-    d.add_argument("--particles", type=int, default=12, help="particles for self-consistency and SMC (default: 12)")
+    d.add_argument("--problems", type=positive, default=12, help="held-out problems per digit count (default: 12)")
+    d.add_argument("--digits", type=positive, nargs="+", default=[5, 8], help="operand lengths (default: 5 8)")
+    d.add_argument(
+        "--particles", type=positive, default=12, help="particles for self-consistency and SMC (default: 12)"
+    )
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    d.add_argument("--out", default="build/demo", help="folder for the graph (default: build/demo)")
+    d.add_argument("--out", type=_folder, default="build/demo", help="folder for the graph (default: build/demo)")
     st = sub.add_parser(
         "star",
         help="STaR: bootstrap longer scratchpads from known answers by fine-tuning the Performer",
@@ -61,18 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     st.add_argument("--init", default=None, help="checkpoint folder to start from (default: the shipped one)")
-    st.add_argument("--out", default="runs/star", help="folder for the models and history (default: runs/star)")
-    st.add_argument("--iterations", type=int, default=3, help="STaR iterations (default: 3)")
-    st.add_argument("--train-problems", type=int, default=64, help="known-answer problems per iteration (default: 64)")
-    st.add_argument("--held-out", type=int, default=32, help="held-out problems per evaluation (default: 32)")
-    st.add_argument("--digits", type=int, nargs="+", default=[4, 5, 6], help="operand lengths (default: 4 5 6)")
-    st.add_argument("--rationales", type=int, default=2, help="accepted rationales wanted per problem (default: 2)")
-    st.add_argument("--max-attempts", type=int, default=64, help="rejection runs per problem (default: 64)")
-    st.add_argument("--steps", type=int, default=100, help="fine-tuning steps per iteration (default: 100)")
+    st.add_argument(
+        "--out", type=_folder, default="runs/star", help="folder for the models and history (default: runs/star)"
+    )
+    st.add_argument("--iterations", type=positive, default=3, help="STaR iterations, >= 1 (default: 3)")
+    st.add_argument(
+        "--train-problems", type=positive, default=64, help="known-answer problems per iteration (default: 64)"
+    )
+    st.add_argument("--held-out", type=positive, default=32, help="held-out problems per evaluation (default: 32)")
+    st.add_argument("--digits", type=positive, nargs="+", default=[4, 5, 6], help="operand lengths (default: 4 5 6)")
+    st.add_argument(
+        "--rationales", type=positive, default=2, help="accepted rationales wanted per problem (default: 2)"
+    )
+    st.add_argument("--max-attempts", type=positive, default=64, help="rejection runs per problem (default: 64)")
+    st.add_argument("--steps", type=positive, default=100, help="fine-tuning steps per iteration (default: 100)")
     st.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default: 3e-4)")
     st.add_argument("--restart", action="store_true", help="fine-tune the starting model each time (STaR paper)")
     st.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    st.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    st.add_argument("--threads", type=positive, default=None, help="torch CPU threads (default: torch's)")
+    parser.subcommands = sub.choices
     return parser
 
 
@@ -86,16 +128,16 @@ def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, 
     import llmppl
     from llmppl.cascades import addition, verified_scratchpad
 
-    for name, value in (("problems", problems), ("particles", particles)):
+    for name, value in (("problems", problems), ("particles", particles), *(("digits", d) for d in digits)):
         if value < 1:
             raise ValueError(f"demo: {name}: expected >= 1, got {value}")
+    os.makedirs(out, exist_ok=True)  # before the long run: fail now if a file is in the way
     lm = llmppl.load_pretrained()
     results: dict = {}
     for d in digits:
         questions = addition.held_out_additions(problems, d, seed=seed)
         rows = addition.compare(lm, questions, METHODS, digits=d, seed=seed, particles=particles, progress=True)
         results[d] = {m: (r["accuracy"], r["seconds"]) for m, r in rows.items()}
-    os.makedirs(out, exist_ok=True)
     graph_file = os.path.join(out, "verifier_graph.svg")
     pyro.set_rng_seed(seed)
     llmppl.render_model(
@@ -104,7 +146,8 @@ def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, 
         model_kwargs=dict(model=lm, max_work_tokens=16, max_answer_tokens=4),
         filename=graph_file,
     )
-    print(f"\nheld-out additions, {problems} problems per row, sampling at temperature 1, seed {seed}")
+    per_row = f"{problems} problem{'s' if problems != 1 else ''} per row"
+    print(f"\nheld-out additions, {per_row}, sampling at temperature 1, seed {seed}")
     header = f"{'method':<18}" + "".join(f" | {f'{d} digits':>10} {'time s':>7}" for d in digits)
     print(header)
     print("-" * len(header))
@@ -135,9 +178,10 @@ def star(args: argparse.Namespace) -> list[dict]:
     from llmppl.cascades import star_loop
     from llmppl.cascades.star import addition_problems
 
-    for name in ("iterations", "train_problems", "held_out", "rationales", "max_attempts", "steps"):
-        if getattr(args, name) < (0 if name == "iterations" else 1):
-            raise ValueError(f"star: --{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
+    for name in ("iterations", "train_problems", "held_out", "rationales", "max_attempts", "steps", "digits"):
+        for value in getattr(args, name) if name == "digits" else [getattr(args, name)]:
+            if value < 1:
+                raise ValueError(f"star: --{name.replace('_', '-')}: expected a positive number, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     _pyro_seed(args.seed)
@@ -171,13 +215,14 @@ def _pyro_seed(seed: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, rest = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         from .models.train import main as train_main
 
         return train_main(rest)
     if rest:
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "star":
         star(args)
         return 0

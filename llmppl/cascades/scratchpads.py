@@ -27,7 +27,7 @@ import pyro
 import llmppl
 from llmppl import LM
 
-from ._common import answer_probs, example_model, seed_everything
+from ._common import answer_probs, check_str, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 
 __all__ = ["answer_prompt", "direct", "direct_prompt", "run_example", "scratchpad", "work_prompt"]
@@ -72,6 +72,7 @@ def direct(question: str, *, model=None, max_answer_tokens: int = 16, temperatur
     >>> isinstance(direct("1+2", model=ToyLM(alphabet=string.printable), max_answer_tokens=2), str)
     True
     """
+    check_str(question, "direct", "question")
     style = resolve_style(style, model)
     prompt = direct_prompt(question, style)
     return pyro.sample(
@@ -98,6 +99,7 @@ def scratchpad(
     :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
     """
+    check_str(question, "scratchpad", "question")
     style = resolve_style(style, model)
     work = pyro.sample(
         "work",

@@ -32,7 +32,7 @@ import llmppl
 from llmppl import LM
 from llmppl.models import tasks
 
-from ._common import answer_probs, example_model, seed_everything
+from ._common import answer_probs, check_str, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 
 __all__ = ["problem_prompt", "run_example", "selection_inference"]
@@ -70,6 +70,7 @@ def selection_inference(
         inference LM is ``model``, else its default style).
     :returns: the answer string (``"yes"``/``"no"`` for a trained model).
     """
+    check_str(problem, "selection_inference", "problem")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"selection_inference: k: expected an int >= 0, got {k!r}")
     style = resolve_style(style, model)
@@ -92,12 +93,21 @@ def selection_inference(
     )
 
 
+def _example_problem(seed: int, index: int | None):
+    def get(i):
+        return tasks.sample_problem("selection_inference", split="test", seed=seed, index=i)
+
+    if index is not None:
+        return get(index)
+    return next(p for p in map(get, range(1000)) if p.meta["steps"])
+
+
 def run_example(
     *,
     model=None,
     num_particles: int = 4,
     k: int | None = None,
-    index: int = 0,
+    index: int | None = None,
     max_step_tokens: int = 96,
     seed: int = 0,
     style: PromptStyle | None = None,
@@ -106,12 +116,14 @@ def run_example(
 
     :param model: a language model; default: the shipped Performer checkpoint.
     :param k: steps; default: as many as the gold solution has.
+    :param index: the problem; default: the first one whose gold solution has at least one
+        step (many problems are answered "no" with none, which would run no step).
     :returns: ``{"prompt", "k", "target", "answer", "answers", "valid_steps", "posterior"}``;
         ``valid_steps`` says, for the most probable particle, whether each step is valid
         (:func:`llmppl.models.tasks.check_selection_step`).
     """
     seed_everything(seed)
-    problem = tasks.sample_problem("selection_inference", split="test", seed=seed, index=index)
+    problem = _example_problem(seed, index)
     k = len(problem.meta["steps"]) if k is None else k
     post = llmppl.infer.Importance(selection_inference, num_samples=num_particles, progress=False).run(
         problem.prompt, k=k, model=example_model(model), max_step_tokens=max_step_tokens, style=style

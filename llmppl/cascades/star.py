@@ -52,7 +52,7 @@ from llmppl import InferenceError
 from llmppl.distributions import get_default_model
 from llmppl.models import PerformerLM, tasks
 
-from ._common import example_model, seed_everything
+from ._common import answer_probs, check_pairs, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 from .scratchpads import answer_prompt, scratchpad, work_prompt
 
@@ -133,6 +133,7 @@ def star_rationales(
         the model's); the documents never include its prefix.
     :returns: distinct training documents (see :func:`star_document`), in problem order.
     """
+    problems = check_pairs(problems, "star_rationales", "problems")
     style = resolve_style(style, model)
     documents: list[str] = []
     for question, answer in problems:
@@ -187,6 +188,7 @@ def accuracy(
     >>> accuracy([], model=None)
     0.0
     """
+    problems = check_pairs(problems, "accuracy", "problems")
     if not problems:
         return 0.0
     model = _resolve_model(model)
@@ -206,7 +208,7 @@ def accuracy(
             post = llmppl.infer.Importance(scratchpad, num_samples=num_samples, progress=False).run(
                 question, model=model, temperature=temperature, style=style, **sizes
             )
-            right.append(post.marginal("answer").mode().strip() == answer)
+            right.append(next(iter(answer_probs(post.marginal("answer")))) == answer)
     if correct is not None:
         correct.extend(right)
     return sum(right) / len(problems)

@@ -36,7 +36,7 @@ import llmppl
 from llmppl import LM
 from llmppl.distributions import Delta
 
-from ._common import answer_probs, example_model, seed_everything
+from ._common import answer_probs, check_str, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 
 __all__ = [
@@ -112,7 +112,7 @@ def parse_call(call: str) -> str:
     >>> parse_call("calc(12*3)")
     '12*3'
     """
-    m = _CALL.fullmatch(call.strip())
+    m = _CALL.fullmatch(check_str(call, "parse_call", "call").strip())
     if m is None:
         raise ToolError(f"parse_call: expected 'calc(<expression>)', got {call!r}")
     return m.group(1)
@@ -124,6 +124,7 @@ def safe_calculator(call: str) -> str:
     >>> safe_calculator("calc(12*3)"), safe_calculator("calc(7-9)"), safe_calculator("calc(2**99)")
     ('36', '-2', 'error')
     """
+    check_str(call, "safe_calculator", "call")
     try:
         return str(evaluate_expression(parse_call(call)))
     except ToolError:
@@ -169,6 +170,7 @@ def tool_use(
     :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
     """
+    check_str(question, "tool_use", "question")
     style = resolve_style(style, model)
     call = pyro.sample("call", LM(call_prompt(question, style), model=model, stop="\n", max_tokens=max_call_tokens))
     result = pyro.sample("result", Delta(safe_calculator(call)))

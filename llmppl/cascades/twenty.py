@@ -44,7 +44,7 @@ from llmppl import LM
 from llmppl.distributions import Categorical, Delta, get_default_model
 from llmppl.models import tasks
 
-from ._common import example_model, seed_everything
+from ._common import check_pairs, check_str, check_strings, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 
 __all__ = [
@@ -102,7 +102,7 @@ def twenty_questions(
     :param model: the questioner LM (default: ``llmppl.use_model``'s).
     :param answerer_model: the answerer LM (default: ``model``).
     :param objects: the prior's support (uniform), default the whole knowledge base.
-    :param int max_turns: at most this many questions.
+    :param int max_turns: at most this many questions (default: 20, the game's; more is allowed).
     :param answerer_top_k: the answerer's ``top_k`` (``1``: greedy, it knows the object).
     :param style: the questioner's :class:`~llmppl.cascades.prompts.PromptStyle`, e.g. a
         prefix with a played game (default: the model's).
@@ -112,6 +112,9 @@ def twenty_questions(
     """
     if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
         raise ValueError(f"twenty_questions: max_turns: expected an int >= 1, got {max_turns!r}")
+    objects = check_strings(objects, "twenty_questions", "objects")
+    if transcript is not None:
+        transcript = check_pairs(transcript, "twenty_questions", "transcript")
     if transcript is not None and len(transcript) > max_turns:
         raise ValueError(
             f"twenty_questions: transcript: expected at most max_turns={max_turns} turns, got {len(transcript)}"
@@ -119,7 +122,7 @@ def twenty_questions(
     style = resolve_style(style, model)
     answerer_model = model if answerer_model is None else answerer_model
     answerer_style = resolve_style(answerer_style, answerer_model)
-    obj = pyro.sample("object", Categorical(list(objects)))
+    obj = pyro.sample("object", Categorical(objects))
     history: list[tuple[str, str]] = []
     for t in range(max_turns):
         observed_question = observed_answer = None
@@ -155,10 +158,15 @@ def twenty_questions(
 def play(hidden_object: str, **game_kwargs) -> dict:
     """Play one game with ``hidden_object`` known to the answerer.
 
+    :param str hidden_object: one of ``objects`` (default: :data:`OBJECTS`).
     :param game_kwargs: passed to :func:`twenty_questions` (not ``transcript``).
     :returns: ``{"object", "transcript", "guess", "turns"}``; ``guess`` is ``None`` when the
         questioner never guessed.
     """
+    objects = check_strings(game_kwargs.get("objects", OBJECTS), "play", "objects")
+    if check_str(hidden_object, "play", "hidden_object") not in objects:
+        shown = ", ".join(objects[:5]) + (", ..." if len(objects) > 5 else "")
+        raise ValueError(f"play: hidden_object: expected one of objects ({shown}), got {hidden_object!r}")
     answerer_model = game_kwargs.get("answerer_model")
     answerer_style = resolve_style(
         game_kwargs.get("answerer_style"), game_kwargs.get("model") if answerer_model is None else answerer_model
@@ -207,9 +215,8 @@ def object_posterior(
     if lm is None:
         lm = get_default_model()
     style = resolve_style(answerer_style, lm)
-    objects = list(objects)
-    if not objects:
-        raise ValueError("object_posterior: objects: expected at least one object, got none")
+    objects = check_strings(objects, "object_posterior", "objects")
+    transcript = check_pairs(transcript, "object_posterior", "transcript")
     prompts = [answerer_prompt(o, q, style) for o in objects for q, _ in transcript]
     values = [style.value(a) for _ in objects for _, a in transcript]
     if prompts:

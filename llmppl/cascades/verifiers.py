@@ -36,7 +36,7 @@ import pyro
 import llmppl
 from llmppl import LM
 
-from ._common import answer_probs, example_model, seed_everything
+from ._common import answer_probs, check_str, example_model, seed_everything
 from .prompts import PromptStyle, resolve_style
 from .scratchpads import answer_prompt, work_prompt
 
@@ -87,6 +87,7 @@ def verified_scratchpad(
         verifier's default style). The evidence is the verifier writing ``"yes"``.
     :returns: the answer string.
     """
+    check_str(question, "verified_scratchpad", "question")
     if mode not in MODES:
         raise ValueError(f"verified_scratchpad: mode: expected one of {MODES}, got {mode!r}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:

@@ -74,3 +74,10 @@ def test_scratchpad_on_the_shipped_checkpoint():
     r = scratchpads.run_example("12+34", num_particles=2, max_work_tokens=12, max_answer_tokens=3)
     assert math.isclose(sum(r["answers"].values()), 1.0)
     assert r["posterior"].num_particles == 2
+
+
+@pytest.mark.parametrize("program", [scratchpad, scratchpads.direct])
+@pytest.mark.parametrize("question", [None, 5])
+def test_question_must_be_a_string(lm, program, question):
+    with pytest.raises(TypeError, match=r"question: expected a str, got"):
+        program(question, model=lm)

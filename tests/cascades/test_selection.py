@@ -73,3 +73,14 @@ def test_run_example_default_k_is_the_gold_length(lm):
     r = selection.run_example(model=lm, num_particles=2, index=0, max_step_tokens=2)
     p = tasks.sample_problem("selection_inference", split="test", seed=0, index=0)
     assert r["k"] == len(p.meta["steps"])
+
+
+def test_problem_must_be_a_string(lm):
+    with pytest.raises(TypeError, match=r"selection_inference: problem: expected a str, got NoneType"):
+        selection_inference(None, k=1, model=lm)
+
+
+def test_run_example_default_problem_runs_steps(lm):
+    r = selection.run_example(model=lm, num_particles=1, max_step_tokens=1)
+    assert r["k"] >= 1 and len(r["valid_steps"]) == r["k"]
+    assert "select_0" in r["posterior"].traces[0].nodes

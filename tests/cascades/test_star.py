@@ -158,3 +158,30 @@ def test_rationales_under_a_bpe_style_carry_no_extra_space(scripted):
         [("1+2", "3")], model=model, num_rationales=1, max_attempts=200, max_work_tokens=12, style=PromptStyle(space="")
     )
     assert docs == [f"Q: 1+2\nWork: {RIGHT_WORK}\nA: 3\n"]
+
+
+def test_sampled_accuracy_ignores_whitespace_before_taking_the_mode(monkeypatch, lm):
+    import llmppl
+    from llmppl.inference import Marginal
+
+    class Posterior:  # " 46" and "46" together (0.6) beat "47" (0.4)
+        def marginal(self, name):
+            return Marginal({" 46": 0.3, "46": 0.3, "47": 0.4})
+
+    class Importance:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, *args, **kwargs):
+            return Posterior()
+
+    monkeypatch.setattr(llmppl.infer, "Importance", Importance)
+    assert accuracy([("12+34", "46")], model=lm, num_samples=4) == 1.0
+
+
+@pytest.mark.parametrize("problems", [[("1+1", 2)], [("1+1",)], "1+1"])
+def test_problems_must_be_question_answer_strings(lm, problems):
+    with pytest.raises(TypeError, match=r"star_rationales: problems: expected"):
+        star_rationales(problems, model=lm, max_attempts=1)
+    with pytest.raises(TypeError, match=r"accuracy: problems: expected"):
+        accuracy(problems, model=lm)

@@ -106,3 +106,10 @@ def test_run_example_with_a_model_that_calls_the_tool(scripted):
     r = tools.run_example(model=model, num_particles=4, max_call_tokens=16, max_answer_tokens=4)
     assert r["calls"].get("calc(12+30)") == "42"
     assert r["answer"] == "42"
+
+
+def test_question_and_call_must_be_strings(lm):
+    with pytest.raises(TypeError, match=r"tool_use: question: expected a str, got int"):
+        tool_use(7, model=lm)
+    with pytest.raises(TypeError, match=r"safe_calculator: call: expected a str, got NoneType"):
+        safe_calculator(None)

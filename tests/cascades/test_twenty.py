@@ -143,3 +143,21 @@ def test_max_turns(questioner, kb_answerer):
         twenty_questions(max_turns=0)
     with pytest.raises(ValueError, match="transcript"):
         twenty_questions([("Is it an animal?", "yes")] * 2, max_turns=1)
+
+
+def test_objects_must_be_a_list_of_strings(lm):
+    with pytest.raises(TypeError, match=r"twenty_questions: objects: expected a list of str, got str"):
+        twenty_questions(model=lm, objects="cat", max_turns=1)
+    with pytest.raises(TypeError, match=r"object_posterior: objects: expected a list of str"):
+        object_posterior([], model=lm, objects=["cat", 3])
+
+
+@pytest.mark.parametrize("transcript", ["ab", [("q",)], [("q", 1)]])
+def test_malformed_transcript_is_named(lm, transcript):
+    with pytest.raises(TypeError, match=r"twenty_questions: transcript: expected"):
+        twenty_questions(transcript, model=lm, objects=["cat"], max_turns=2)
+
+
+def test_play_rejects_an_object_outside_objects(lm):
+    with pytest.raises(ValueError, match=r"play: hidden_object: expected one of objects \(cat\), got 'zebra'"):
+        play("zebra", model=lm, objects=["cat"], max_turns=1)

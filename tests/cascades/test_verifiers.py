@@ -86,3 +86,8 @@ def test_factor_mode_with_rejection(generator_and_verifier):
         max_attempts=2000,
     )
     assert r["answers"] == {"46": 1.0}
+
+
+def test_question_must_be_a_string(lm):
+    with pytest.raises(TypeError, match=r"verified_scratchpad: question: expected a str, got NoneType"):
+        verified_scratchpad(None, model=lm)
