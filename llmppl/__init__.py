@@ -13,8 +13,6 @@ import sys
 
 from . import distributions, inference, models, ops
 from . import inference as infer  # llmppl.infer.Importance(...), as in DESIGN.md
-
-sys.modules[f"{__name__}.infer"] = infer  # and `from llmppl.infer import SMC`, as from pyro.infer
 from .distributions import LM, Categorical, Delta, NextToken, get_default_model, set_default_model, use_model
 from .inference import SMC, Importance, InferenceError, Marginal, Posterior, Rejection
 from .models import (
@@ -28,6 +26,8 @@ from .models import (
     load_smollm2,
 )
 from .render import model_graph, model_relations, render_model
+
+sys.modules[f"{__name__}.infer"] = infer  # and `from llmppl.infer import SMC`, as from pyro.infer
 
 __all__ = [
     "LM",

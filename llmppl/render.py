@@ -33,7 +33,6 @@ import copy
 import io
 import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -473,7 +472,9 @@ def _edges(model, args, kwargs, reference: list[_Site], ref_values: dict, poster
         seen = _seen_values(posterior, site.name) if posterior is not None else []
         recorded: list[str] = []
         if isinstance(site.value, str):
-            _run(model, args, kwargs, ref_values, {site.name: _Recorder(site.value, recorded)}, block=True, rng_state=rng)
+            _run(
+                model, args, kwargs, ref_values, {site.name: _Recorder(site.value, recorded)}, block=True, rng_state=rng
+            )
         probes = _interventions(site, seen, recorded)
         runs = [_run(model, args, kwargs, ref_values, {site.name: v}, block=True, rng_state=rng) for v in probes]
         # A value the program rejects (e.g. a marker given to a parser) tells little: use the

@@ -1,8 +1,8 @@
 """Model graphs by intervention: the relations, not the pictures."""
 
 import math
-import shutil
 import re
+import shutil
 
 import pyro
 import pytest

@@ -353,8 +353,8 @@ class Engine:
                 raise ReplayError(
                     f"site {p.trail[len(m.trail)][0]!r}: the model diverged under replay: it returned before "
                     "reaching this site, which it reached in the previous round with the same values. "
-                    "Randomness outside pyro.sample (Python's random, numpy.random, time) cannot be replayed, nor can a "
-                    "site hidden by poutine.block; draw it with an unblocked pyro.sample"
+                    "Randomness outside pyro.sample (Python's random, numpy.random, time) cannot be replayed, "
+                    "nor can a site hidden by poutine.block; draw it with an unblocked pyro.sample"
                 )
             p.done = True
             p.ret = ret

@@ -177,8 +177,9 @@ def test_prompt_joined_from_pieces_of_one_utf8_character():
 
 
 def test_llmppl_infer_is_importable_like_pyro_infer():
-    import llmppl
     import llmppl.infer
     from llmppl.infer import SMC, Importance
+
+    import llmppl
 
     assert llmppl.infer.SMC is SMC and Importance is llmppl.Importance

@@ -375,7 +375,7 @@ def test_a_blocked_site_is_named_in_the_replay_error():
         x = pyro.sample("x", LM("a" if z else "b", model=lm, max_tokens=2))
         return pyro.sample("y", LM(x + "a", model=lm, max_tokens=2))
 
-    with pytest.raises(ReplayError, match="poutine.block"):
+    with pytest.raises(ReplayError, match=r"poutine\.block"):
         for seed in range(20):  # the hidden draw differs between rounds in some particle
             pyro.set_rng_seed(seed)
             Importance(model, num_samples=16, progress=False).run()
