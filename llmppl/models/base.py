@@ -190,6 +190,35 @@ def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return cut
 
 
+def stop_window(stops: tuple[str, ...]) -> int:
+    """Tokens at the end of a sequence enough to hold a stop string that ends there.
+
+    A character is at most four bytes, a token at least one byte: a stop of ``c``
+    characters spans at most ``4c`` tokens; four more keep a character that the window's
+    first token cuts in half away from it.
+
+    >>> stop_window(("\\n",))
+    8
+    """
+    return 4 * max((len(s) for s in stops), default=0) + 4
+
+
+def stop_in_prefix(decode, ids: list[int], j: int, stops: tuple[str, ...], window: int) -> str | None:
+    """The text of ``ids[:j]`` if a stop string occurs in it, else ``None``, checked every step.
+
+    Called after each token, so a stop that is new at ``j`` ends in its last tokens: only
+    they are decoded, and the whole prefix only when they hold a stop. The result is that
+    of ``find_stop(decode(ids[:j]), stops)``, at a cost that does not grow with ``j``.
+
+    >>> stop_in_prefix(lambda t: "".join(map(chr, t)), [97, 98, 10, 99], 3, ("\\n",), 8)
+    'ab\\n'
+    """
+    if j > window and find_stop(decode(ids[j - window : j]), stops) is None:
+        return None
+    text = decode(ids[:j])
+    return text if find_stop(text, stops) is not None else None
+
+
 def concat_dataclass_states(states: list) -> Any:
     """Join decoding states row-wise: dataclasses whose fields are tensors with the rows
     first, lists of such states, or non-tensor constants equal in every part.
@@ -507,6 +536,7 @@ class LanguageModel:
         # value's canonical path and every stop string is one token: keep, per sequence, the
         # running path log-prob and the log-probs of EOS and the stop tokens at every step.
         stop_ids = {s: self._encode_value(s) for s in stops}
+        window = stop_window(stops)
         fast = all(ids is None or len(ids) == 1 for ids in stop_ids.values())
         read_ids = [eos, *sorted({ids[0] for ids in stop_ids.values() if ids})]
         read_pos = {t: k for k, t in enumerate(read_ids)}
@@ -544,14 +574,14 @@ class LanguageModel:
                     alive[r] = False
                     done_rows.append(r)
                     continue
-                text = self._decode(generated[i])
-                cut = find_stop(text, stops) if stops else None
-                if cut is not None:
-                    results[i] = (text[:cut], "stop")
+                seq = generated[i]
+                text = stop_in_prefix(self._decode, seq, len(seq), stops, window) if stops else None
+                if text is not None:
+                    results[i] = (text[: find_stop(text, stops)], "stop")
                     alive[r] = False
                     done_rows.append(r)
-                elif len(generated[i]) >= max_tokens:
-                    results[i] = (text, "length")
+                elif len(seq) >= max_tokens:
+                    results[i] = (self._decode(seq), "length")
                     alive[r] = False
                     done_rows.append(r)
             if remember and done_rows:  # the state before the last token: prompt + all but it
@@ -701,7 +731,8 @@ class LanguageModel:
 
     def _prefix_texts_clear(self, ids: list[int], stops: tuple[str, ...], upto: int) -> bool:
         """No stop is detected after any of the first ``upto`` tokens of ``ids``."""
-        return all(find_stop(self._decode(ids[:j]), stops) is None for j in range(1, upto + 1))
+        window = stop_window(stops)
+        return all(stop_in_prefix(self._decode, ids, j, stops, window) is None for j in range(1, upto + 1))
 
     def _path_clear(self, ids: list[int], stops: tuple[str, ...]) -> bool:
         full = self._decode(ids)

@@ -289,3 +289,37 @@ def test_performer_inherits_an_exact_sequence_tier():
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-5)
     for c, s in zip(cs, together.tolist(), strict=True):
         assert math.isfinite(c.log_prob) and math.isclose(c.log_prob, s, abs_tol=1e-4)
+
+
+def test_stop_in_prefix_matches_decoding_every_prefix():
+    # random byte sequences, rich in UTF-8 pieces, checked token by token as sampling does
+    import random
+
+    from llmppl.models.base import find_stop, stop_in_prefix, stop_window
+    from llmppl.models.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    pieces = [list("€".encode()), list("é".encode()), [0xE2], [0x82], [0xAC], [10], [97], [98]]
+    rng = random.Random(0)
+    for stops in [("\n",), ("€",), ("ab", "é\n"), ("b€a",), (tok.decode([0x82]),)]:
+        window = stop_window(stops)
+        for _ in range(200):
+            ids = [b for _ in range(rng.randint(1, 30)) for b in rng.choice(pieces)]
+            for j in range(1, len(ids) + 1):
+                text = tok.decode(ids[:j])
+                expected = text if find_stop(text, stops) is not None else None
+                assert stop_in_prefix(tok.decode, ids, j, stops, window) == expected, (stops, ids[:j])
+                if expected is not None:  # sampling ends at the first stop
+                    break
+
+
+def test_long_completions_with_a_stop_are_exact():
+    # completions far longer than the stop window: the value ends before the first stop,
+    # and its score is the log-prob sampling returned
+    lm = ToyLM(alphabet="abc", seed=1, eos_bias=-6.0)
+    cs = lm.sample(["a"] * 32, max_tokens=60, stop=["cc", "bab"], generator=torch.Generator().manual_seed(0))
+    assert any(len(c.tokens) > 20 for c in cs)
+    for c in cs:
+        assert "cc" not in c.text and "bab" not in c.text
+    scored = lm.score(["a"] * 32, [c.text for c in cs], max_tokens=60, stop=["cc", "bab"])
+    assert scored.tolist() == pytest.approx([c.log_prob for c in cs], abs=1e-5)
