@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import inspect
+import math
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +50,27 @@ def _transformers():
 class HFTokenizer:
     """A ``transformers`` tokenizer seen through the ``encode``/``decode``/``eos_id`` interface.
 
-    ``encode`` adds no special tokens; ``decode`` keeps spacing exactly as tokenized.
+    ``encode`` and ``decode`` work on *continuations*: text that follows a prompt. They add
+    no special tokens and keep spacing exactly as tokenized. SentencePiece-style tokenizers
+    (Llama-2, Mistral: a ``▁`` marks a word-initial space) drop that space at the start of a
+    text, so there a continuation is decoded after a fixed head token (``"a"``) whose text
+    is then cut off, and encoded after a head text whose tokens are then dropped.
+    Byte-level BPE (GPT-2) joins token texts as they are and is used directly.
 
     :param tokenizer: a ``PreTrainedTokenizerBase``.
 
     >>> import transformers
-    >>> from tokenizers import Tokenizer, models, pre_tokenizers
-    >>> wl = Tokenizer(models.WordLevel({"<eos>": 0, "hi": 1, "there": 2, "?": 3}, unk_token="?"))
-    >>> wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    >>> vocab = {"<eos>": 0, "▁hi": 1, "▁there": 2, "?": 3, "▁a": 4}
+    >>> wl = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    >>> wl.pre_tokenizer, wl.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     >>> tok = HFTokenizer(transformers.PreTrainedTokenizerFast(tokenizer_object=wl, eos_token="<eos>"))
-    >>> tok.encode("hi there"), tok.eos_id, tok.encode_prompt("")
-    ([1, 2], 0, [0])
+    >>> tok.encode(" there"), tok.decode([2]), tok.eos_id, tok.encode_prompt("")
+    ([2], ' there', 0, [0])
     """
+
+    #: texts tried before a continuation when encoding; the first whose tokens stay a prefix wins
+    _HEADS = ("a", "\n")
 
     def __init__(self, tokenizer):
         if tokenizer.eos_token_id is None:
@@ -69,12 +80,30 @@ class HFTokenizer:
         self.bos_id = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
         self.vocab_size = len(tokenizer)
         self.special_ids = sorted(int(i) for i in tokenizer.all_special_ids)
+        # decode with a head where token texts do not simply join ("▁a▁a" -> "a a", not "aa")
+        probe = self._encode("a a")
+        joins = self._decode(probe) == "".join(self._decode([i]) for i in probe)
+        self._head = None if joins else self._encode(self._HEADS[0])
+        self._head_text = None if joins else self._decode(self._head)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def _decode(self, ids) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def encode(self, text: str) -> list[int]:
-        """Tokens of ``text``, no special tokens added."""
+        """Tokens of ``text`` as a continuation, no special tokens added."""
         if not isinstance(text, str):
             raise TypeError(f"HFTokenizer.encode: expected a str, got {type(text).__name__}")
-        return list(self.hf.encode(text, add_special_tokens=False))
+        plain = self._encode(text)
+        if self._head is None:
+            return plain
+        for head in self._HEADS:
+            head_ids, ids = self._encode(head), self._encode(head + text)
+            if ids[: len(head_ids)] == head_ids and self.decode(ids[len(head_ids) :]) == text:
+                return ids[len(head_ids) :]
+        return plain
 
     def encode_prompt(self, text: str) -> list[int]:
         """Tokens of a prompt with the special tokens the tokenizer adds (e.g. BOS)."""
@@ -84,8 +113,11 @@ class HFTokenizer:
         return ids
 
     def decode(self, ids) -> str:
-        """The text of ``ids``."""
-        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        """The text of ``ids`` as a continuation (a leading ``▁`` is a space)."""
+        if self._head is None:
+            return self._decode(ids)
+        text = self._decode([*self._head, *ids])
+        return text[len(self._head_text) :] if text.startswith(self._head_text) else self._decode(ids)
 
     def __repr__(self) -> str:
         return f"HFTokenizer({type(self.hf).__name__}, vocab_size={self.vocab_size})"
@@ -215,16 +247,60 @@ class HFCausalLM(LanguageModel):
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         return cache, out.logits[:, -1].float().log_softmax(-1)
 
+    def _check_tokens(self, ids: torch.Tensor, where: str) -> None:
+        rows = self.model.get_input_embeddings().num_embeddings
+        bad = ids[(ids < 0) | (ids >= rows)]
+        if bad.numel():
+            raise ValueError(
+                f"HFCausalLM.{where}: expected ids in [0, {rows}) (embedding rows), got {bad[:5].tolist()}"
+            )
+
+    def _position_limit(self) -> int | None:
+        """The positions a learned position table holds (GPT-2's ``wpe``), else ``None``.
+
+        Rotary and ALiBi models run past ``max_position_embeddings`` (worse, not broken),
+        so only a table the positions index into limits the length.
+        """
+        limit = getattr(self.model.config, "max_position_embeddings", None)  # GPT-2 maps n_positions to it
+        if not isinstance(limit, int):
+            return None
+        vocab = self.model.get_input_embeddings().num_embeddings
+        tables = (m for m in self.model.modules() if isinstance(m, torch.nn.Embedding) and m.num_embeddings != vocab)
+        return limit if any(m.num_embeddings >= limit for m in tables) else None
+
+    def _limit(self) -> int | None:
+        """:meth:`_position_limit`, computed once."""
+        if "_llmppl_position_limit" not in self.__dict__:
+            self.__dict__["_llmppl_position_limit"] = self._position_limit()
+        return self.__dict__["_llmppl_position_limit"]
+
+    def _check_length(self, length: int, where: str) -> None:
+        limit = self._limit()
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"HFCausalLM.{where}: expected sequences of at most the model's {limit} positions "
+                f"(config.max_position_embeddings), got {length} tokens"
+            )
+
     def prefill(self, prompts: list[list[int]]) -> HFState:
-        """Left-pad the prompts into one batch and run them once."""
+        """Left-pad the prompts into one batch and run them once.
+
+        Raises ``ValueError`` for an empty prompt, an id outside the embedding or a prompt
+        longer than the model's positions; ``TypeError`` for a non-integer id.
+        """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill: expected non-empty token lists (encode_prompt adds BOS to an empty prompt)")
         width = max(len(p) for p in prompts)
+        self._check_length(width, "prefill: prompts")
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
-            ids[i, width - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            try:  # operator.index: a float id (1.5) is an error, not truncated to 1
+                ids[i, width - len(p) :] = torch.tensor([operator.index(t) for t in p], dtype=torch.long)
+            except TypeError as err:
+                raise TypeError(f"HFCausalLM.prefill: expected prompts[{i}] to be a list of ints ({err})") from None
             mask[i, width - len(p) :] = 1
+        self._check_tokens(ids, "prefill: prompts")
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         transformers = _transformers()
@@ -236,8 +312,17 @@ class HFCausalLM(LanguageModel):
         return state.logprobs
 
     def advance(self, state: HFState, tokens: torch.Tensor) -> HFState:
-        """Feed one token per row; extends (and consumes) the state's cache."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long).to(self.device).view(-1, 1)
+        """Feed one token per row (``tokens: LongTensor[N]``); extends (and consumes) the state's cache."""
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 1 or tokens.shape[0] != len(state) or tokens.is_floating_point() or tokens.is_complex():
+            raise ValueError(
+                f"HFCausalLM.advance: expected tokens as a LongTensor[{len(state)}], "
+                f"got {tuple(tokens.shape)} {tokens.dtype}"
+            )
+        self._check_tokens(tokens, "advance: tokens")
+        if state.attention_mask.shape[1] >= (self._limit() or math.inf):  # near the limit only (a GPU sync)
+            self._check_length(int(state.attention_mask.sum(-1).max()) + 1, "advance")
+        tokens = tokens.to(self.device, torch.long).view(-1, 1)
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones((tokens.shape[0], 1))], dim=1)
         positions = mask.sum(-1, keepdim=True) - 1
         cache, logprobs = self._forward(tokens, mask, positions, state.cache)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -62,10 +63,23 @@ class PerformerConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "num_features", "mlp_ratio"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "num_features", "mlp_ratio", "projection_seed"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"PerformerConfig: expected {name} to be an int, got {value!r}")
+            if value < 1 and name != "projection_seed":
                 raise ValueError(f"PerformerConfig: expected {name} to be a positive int, got {value!r}")
+        for name, low in (("rotary_base", 1.0), ("norm_eps", 0.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"PerformerConfig: expected {name} to be a float, got {value!r}")
+            if not (math.isfinite(value) and value > low):
+                raise ValueError(f"PerformerConfig: expected {name} to be a finite float > {low:g}, got {value!r}")
+        if self.vocab_size < ByteTokenizer.vocab_size:  # every byte, BOS, EOS and PAD need a row
+            raise ValueError(
+                f"PerformerConfig: expected vocab_size >= {ByteTokenizer.vocab_size} (ByteTokenizer's ids), "
+                f"got {self.vocab_size}"
+            )
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"PerformerConfig: expected d_model divisible by n_heads, got {self.d_model} and {self.n_heads}"
@@ -117,7 +131,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     True
     """
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    # float32 tables: rotate in float32, return x's dtype (half precision stays half)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -258,10 +273,6 @@ class PerformerLM(nn.Module, LanguageModel):
         nn.Module.__init__(self)
         self.config = config = config if config is not None else PerformerConfig()
         self.tokenizer = ByteTokenizer()
-        if config.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(
-                f"PerformerLM: expected config.vocab_size >= {self.tokenizer.vocab_size}, got {config.vocab_size}"
-            )
         g = torch.Generator().manual_seed(config.projection_seed)
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(PerformerBlock(config, generator=g) for _ in range(config.n_layers))
@@ -279,6 +290,14 @@ class PerformerLM(nn.Module, LanguageModel):
     def num_parameters(self) -> int:
         """Trainable parameters (the tied head counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+    def banned_token_ids(self) -> list[int]:
+        """BOS, PAD and every output row past the ByteTokenizer's ids (``vocab_size > 259``).
+
+        >>> PerformerLM(PerformerConfig.tiny(vocab_size=261)).banned_token_ids()
+        [256, 258, 259, 260]
+        """
+        return [*super().banned_token_ids(), *range(self.tokenizer.vocab_size, self.config.vocab_size)]
 
     # ------------------------------------------------------------------ network
 
@@ -360,8 +379,8 @@ class PerformerLM(nn.Module, LanguageModel):
         L = max(lengths)
         ids = torch.full((len(prompts), L), self.tokenizer.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
-            try:
-                ids[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+            try:  # operator.index: a float id (1.5) is an error, not truncated to 1
+                ids[i, : len(p)] = torch.tensor([operator.index(t) for t in p], dtype=torch.long)
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"PerformerLM.prefill: expected prompts[{i}] to be a list of ints ({err})") from None
         self._check_ids(ids, "prompt token ids")
@@ -523,6 +542,7 @@ class PerformerLM(nn.Module, LanguageModel):
         ...     PerformerLM.from_pretrained(d).config.d_model
         32
         """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         cfg_path = os.path.join(directory, CONFIG_NAME)
@@ -531,18 +551,25 @@ class PerformerLM(nn.Module, LanguageModel):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"PerformerLM.from_pretrained: expected {p} to exist")
         with open(cfg_path) as f:
-            payload = json.load(f)
-        if payload.get("model_type") != "llmppl-performer" or "config" not in payload:
+            try:
+                payload = json.load(f)
+            except json.JSONDecodeError as err:
+                raise CheckpointError(f"PerformerLM.from_pretrained: expected JSON in {cfg_path} ({err})") from None
+        if not isinstance(payload, dict) or payload.get("model_type") != "llmppl-performer" or "config" not in payload:
+            got = payload.get("model_type") if isinstance(payload, dict) else type(payload).__name__
             raise CheckpointError(
                 f"PerformerLM.from_pretrained: expected {cfg_path} with model_type 'llmppl-performer' and a 'config', "
-                f"got model_type={payload.get('model_type')!r}"
+                f"got model_type={got!r}"
             )
         try:
             config = PerformerConfig.from_dict(payload["config"])
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"PerformerLM.from_pretrained: bad config in {cfg_path}: {err}") from None
         model = cls(config)
-        tensors = load_file(w_path, device=str(map_location))
+        try:
+            tensors = load_file(w_path, device=str(map_location))
+        except SafetensorError as err:
+            raise CheckpointError(f"PerformerLM.from_pretrained: expected safetensors at {w_path} ({err})") from None
         expected = model.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -562,10 +589,13 @@ class PerformerLM(nn.Module, LanguageModel):
                 raise CheckpointError(
                     f"PerformerLM.from_pretrained: tensor {name!r} expected floating, got {got.dtype}"
                 )
+            # checked after the cast: a float64 1e300 is finite but becomes inf in float32
+            tensors[name] = got = got.to(want.dtype)
             if not bool(torch.isfinite(got).all()):
                 raise CheckpointError(
-                    f"PerformerLM.from_pretrained: tensor {name!r} holds NaN or infinity; refusing to load"
+                    f"PerformerLM.from_pretrained: tensor {name!r} holds NaN or infinity (as {want.dtype}); "
+                    "refusing to load"
                 )
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
+        model.load_state_dict(tensors)
         model.eval()
         return model

@@ -8,6 +8,8 @@ bijection is what makes string probabilities exact.
 
 from __future__ import annotations
 
+import operator
+
 __all__ = ["ByteTokenizer"]
 
 
@@ -57,8 +59,16 @@ class ByteTokenizer:
         return list(data)
 
     def decode(self, ids) -> str:
-        """The string of byte tokens ``ids``; a special or out-of-range id is a ``ValueError``."""
-        ids = [int(i) for i in ids]
+        """The string of byte tokens ``ids``; a special or out-of-range id is a ``ValueError``,
+        a non-integer id (``1.5``) a ``TypeError``.
+
+        >>> ByteTokenizer().decode([104, 105])
+        'hi'
+        """
+        try:
+            ids = [operator.index(i) for i in ids]  # not int(): 1.5 would silently become 1
+        except TypeError as err:
+            raise TypeError(f"ByteTokenizer.decode: expected integer ids, got {err}") from None
         bad = [i for i in ids if not 0 <= i < 256]
         if bad:
             raise ValueError(f"ByteTokenizer.decode: expected byte ids in [0, 256), got {bad[:5]}")

@@ -66,6 +66,25 @@ def llama_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sp_llama():
+    """A tiny random Llama with a SentencePiece-style (Metaspace, ``▁``) BPE tokenizer."""
+    from tokenizers import SentencePieceBPETokenizer
+
+    sp = SentencePieceBPETokenizer()
+    corpus = ["the capital of france is paris", "hello world", "the cat sat on the mat"] * 20
+    sp.train_from_iterator(corpus, vocab_size=200, special_tokens=["<s>", "</s>", "<unk>"], show_progress=False)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=sp._tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    return HFCausalLM(transformers.LlamaForCausalLM(config), tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
 def gpt2(gpt2_folder):
     return HFCausalLM(gpt2_folder)
 
@@ -138,6 +157,47 @@ def test_select_reorders_and_copies_the_kv_cache(llama):
         llama.next_logprobs(llama.advance(fresh.select(torch.tensor([0])), torch.tensor([66]))),
     )
     assert llama.next_logprobs(step).shape == (3, 259)
+
+
+def test_sentencepiece_continuations_keep_their_leading_space(sp_llama):
+    lm, tok = sp_llama, sp_llama.tokenizer
+    prompt = "the capital of france is"
+    # " paris" is the token the full text has after the prompt, and decodes with its space
+    assert lm.encode_prompt(prompt) + tok.encode(" paris") == lm.encode_prompt(prompt + " paris")
+    assert tok.decode(tok.encode(" paris")) == " paris" and tok.decode(tok.encode("paris")) == "paris"
+    assert tok.encode(" paris") != tok.encode("paris")
+    got = lm.score(prompt, [" paris"], max_tokens=4).double().item()
+    assert math.isclose(got, direct_log_prob(lm, prompt, " paris", tok.eos_id), abs_tol=2e-4)
+    # sampled texts keep their spaces, and re-scoring a text gives its sampled log-prob
+    cs = lm.sample([prompt] * 12, max_tokens=4, stop="\n", generator=torch.Generator().manual_seed(0))
+    assert any(c.text.startswith(" ") for c in cs)
+    scores = lm.score([prompt] * 12, [c.text for c in cs], max_tokens=4, stop="\n")
+    for c, s in zip(cs, scores.tolist(), strict=True):
+        assert math.isfinite(c.log_prob) and math.isclose(c.log_prob, s, rel_tol=1e-5, abs_tol=1e-5), c
+
+
+def test_bad_token_ids_and_lengths(gpt2):
+    with pytest.raises(ValueError, match=r"prefill: prompts: expected ids in \[0, \d+\)"):
+        gpt2.prefill([[5, 10_000]])
+    with pytest.raises(TypeError, match=r"prompts\[0\]"):
+        gpt2.prefill([[5, 1.5]])
+    with pytest.raises(ValueError, match="at most the model's 128 positions"):
+        gpt2.prefill([[5] * 129])
+    with pytest.raises(ValueError, match="advance: tokens: expected ids"):
+        gpt2.advance(gpt2.prefill([[5]]), torch.tensor([-1]))
+    with pytest.raises(ValueError, match=r"advance: expected tokens as a LongTensor\[1\]"):
+        gpt2.advance(gpt2.prefill([[5]]), torch.tensor([1, 2]))
+    full = gpt2.prefill([[5] * 128, [5]]).select(torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="advance: expected sequences of at most the model's 128 positions"):
+        gpt2.advance(full, torch.tensor([5, 5]))
+    gpt2.advance(full.select(torch.tensor([0])), torch.tensor([5]))  # the short row alone still fits
+
+
+def test_rotary_models_run_past_max_position_embeddings(llama):
+    # no learned position table: longer is worse, not broken (as before the length check)
+    state = llama.prefill([[5] * 130])
+    state = llama.advance(state, torch.tensor([5]))
+    assert torch.isfinite(llama.next_logprobs(state)).all()
 
 
 def test_banned_tokens_cover_specials_and_padding_rows(gpt2):

@@ -124,6 +124,50 @@ def test_out_of_range_token_ids(lm):
         lm.prefill([[]])
 
 
+def test_float_token_ids_are_an_error_not_truncated(lm):
+    with pytest.raises(TypeError, match=r"prompts\[0\]"):
+        lm.prefill([[256, 1.5]])
+    with pytest.raises(TypeError, match="integer ids"):
+        lm.tokenizer.decode([104, 1.5])
+    assert lm.tokenizer.decode(torch.tensor([104, 105])) == "hi"
+
+
+def test_half_precision_and_autocast_match_float32():
+    torch.manual_seed(0)
+    ref = PerformerLM(PerformerConfig.tiny()).eval()
+    prompts = [ref.encode_prompt("Q: 12+34"), ref.encode_prompt("")]
+    nxt = torch.tensor([65, 66])
+    want_prefill = ref.next_logprobs(ref.prefill(prompts))
+    want_step = ref.next_logprobs(ref.advance(ref.prefill(prompts), nxt))
+    want_forward = _full_logprobs(ref, prompts[0])
+    for dtype in (torch.bfloat16, torch.float16):
+        half = PerformerLM(PerformerConfig.tiny()).eval()
+        half.load_state_dict(ref.state_dict())
+        half.to(dtype)
+        state = half.prefill(prompts)
+        assert state.layers[0].S.dtype == torch.float32  # the state accumulates in float32
+        torch.testing.assert_close(half.next_logprobs(state), want_prefill, atol=0.1, rtol=0)
+        torch.testing.assert_close(half.next_logprobs(half.advance(state, nxt)), want_step, atol=0.1, rtol=0)
+        torch.testing.assert_close(_full_logprobs(half, prompts[0]), want_forward, atol=0.1, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ref.next_logprobs(ref.advance(ref.prefill(prompts), nxt))
+    torch.testing.assert_close(got, want_step, atol=0.1, rtol=0)
+
+
+def test_output_rows_past_the_byte_vocabulary_are_never_generated():
+    torch.manual_seed(0)
+    lm = PerformerLM(PerformerConfig.tiny(vocab_size=300)).eval()
+    # the 41 extra rows hold ~14% of the model's mass: 32 unbanned draws would hit one
+    assert lm.next_logprobs(lm.prefill([lm.encode_prompt("Q:")]))[0, 259:].exp().sum() > 0.1
+    cs = lm.sample(["Q:"] * 8, max_tokens=4, stop="\n", generator=torch.Generator().manual_seed(0))
+    assert all(t < 258 for c in cs for t in c.tokens)
+    scores = lm.score(["Q:"] * 8, [c.text for c in cs], max_tokens=4, stop="\n")
+    torch.testing.assert_close(scores.float(), torch.tensor([c.log_prob for c in cs]).float(), atol=1e-4, rtol=1e-4)
+    # greedy generate takes the best allowed token
+    out = lm.generate("Q:", max_tokens=1, stop=None)
+    assert lm.tokenizer.encode(out) == [int(lm.step_logprobs(lm.prefill([lm.encode_prompt("Q:")]))[0, :257].argmax())]
+
+
 def test_checkpoint_round_trip(lm, tmp_path):
     lm.save_pretrained(tmp_path)
     back = PerformerLM.from_pretrained(tmp_path)
@@ -160,6 +204,44 @@ def test_checkpoint_with_nan_refuses(lm, tmp_path):
         PerformerLM.from_pretrained(tmp_path)
 
 
+def test_checkpoint_checks_finiteness_after_the_cast(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["norm.weight"] = torch.full_like(tensors["norm.weight"], 1e300, dtype=torch.float64)  # inf in float32
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"norm\.weight.*infinity"):
+        PerformerLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"norm_eps": -1.0}, "norm_eps"),
+        ({"rotary_base": "abc"}, "rotary_base"),
+        ({"vocab_size": 100}, "vocab_size >= 259"),
+        ({"num_features": 2.5}, "num_features"),
+    ],
+)
+def test_checkpoint_with_a_bad_config_value(lm, tmp_path, change, match):
+    lm.save_pretrained(tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    payload["config"].update(change)
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    with pytest.raises(CheckpointError, match=match):
+        PerformerLM.from_pretrained(tmp_path)
+
+
+def test_malformed_checkpoint_files_name_the_file(lm, tmp_path):
+    lm.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        PerformerLM.from_pretrained(tmp_path)
+    lm.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        PerformerLM.from_pretrained(tmp_path)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         PerformerLM.from_pretrained(os.fspath(tmp_path))
@@ -168,6 +250,14 @@ def test_missing_checkpoint(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="d_model divisible by n_heads"):
         PerformerConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match=r"norm_eps.*> 0"):
+        PerformerConfig(norm_eps=-1)
+    with pytest.raises(ValueError, match="rotary_base"):
+        PerformerConfig(rotary_base=float("nan"))
+    with pytest.raises(TypeError, match=r"rotary_base.*'abc'"):
+        PerformerConfig(rotary_base="abc")
+    with pytest.raises(ValueError, match="vocab_size >= 259"):
+        PerformerConfig(vocab_size=258)
 
 
 def test_training_reduces_loss():
