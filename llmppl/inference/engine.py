@@ -131,6 +131,45 @@ def _as_log_prob(value, name: str, what: str) -> torch.Tensor:
     return lp.detach().to(torch.float64)
 
 
+def _strings(stop: Stop) -> int:
+    """How many strings a stopped LM site stands for (a vectorised plate's size, else 1)."""
+    return 1 if stop.shape is None else stop.shape.numel()
+
+
+def _unflatten(stops: list[Stop], flat: list) -> list:
+    """Per stop, its item of ``flat`` (one per string, in order): the item itself for a plain
+    site; for a site inside a vectorised plate, the list of texts or the tensor of log-probs."""
+    out, k = [], 0
+    for s in stops:
+        n = _strings(s)
+        part = flat[k : k + n]
+        k += n
+        if s.shape is None:
+            out.append(part[0])
+        elif part and isinstance(part[0], str):
+            out.append(list(part))
+        else:
+            out.append(torch.tensor(part, dtype=torch.float64).reshape(s.shape))
+    return out
+
+
+def _check_lm_value(stop: Stop) -> None:
+    """An observed (or guide-provided) LM value: a str, or inside a vectorised plate a list of them."""
+    value = stop.value
+    if stop.shape is None:
+        if not isinstance(value, str):
+            raise TypeError(
+                f"site {stop.name!r}: expected a str value for an LM site, got {type(value).__name__} ({value!r})"
+            )
+        return
+    n = _strings(stop)
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != n:
+        raise TypeError(f"site {stop.name!r}: expected a list of {n} str inside a pyro.plate of {n}, got {value!r:.80}")
+    bad = [v for v in value if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"site {stop.name!r}: expected a list of {n} str, got an item {bad[0]!r}")
+
+
 def _site_model(stop: Stop):
     """The LM site's model; a missing default model is reported with the site's name."""
     try:
@@ -373,6 +412,7 @@ class Engine:
     def _contribution(self, p: Particle, s: SiteRecord) -> float | None:
         """What a site adds to the weight when first reached (``None``: nothing)."""
         fn, name, value = s.fn, s.name, s.value
+        potential = getattr(fn, "potential", None) if s.is_lm else None  # none inside a vectorised plate
         if self.mode == "guide":
             if s.is_observed:
                 return None
@@ -384,10 +424,10 @@ class Engine:
             lp = p.scores[name] if s.is_lm else fn.log_prob(value)
         elif name in p.provided:
             if s.is_lm:
-                lp = p.scores[name] + (call_potential(fn, value, name) if fn.potential is not None else 0.0)
+                lp = p.scores[name] + (call_potential(fn, value, name) if potential is not None else 0.0)
             else:
                 lp = fn.log_prob(value)
-        elif s.is_lm and fn.potential is not None:
+        elif potential is not None:
             lp = call_potential(fn, value, name)  # sampled plainly (no steering): weigh by the potential
         else:
             return None
@@ -413,32 +453,30 @@ class Engine:
         for i, p in enumerate(particles):
             if p.done or p.stop is None or p.stop.kind != "score":
                 continue
-            fn, value = p.stop.fn, p.stop.value
-            if not isinstance(value, str):
-                raise TypeError(
-                    f"site {p.stop.name!r}: expected a str value for an LM site, got {type(value).__name__} ({value!r})"
-                )
+            fn = p.stop.fn
+            _check_lm_value(p.stop)
             key = (id(_site_model(p.stop)), fn.max_tokens, fn.stop, fn.temperature, fn.top_k)
             groups.setdefault(key, []).append(i)
         for idx in groups.values():
             stops = [particles[i].stop for i in idx]
             fn0 = stops[0].fn
+            prompts = [s.fn.prompt for s in stops for _ in range(_strings(s))]
+            values = [v for s in stops for v in ([s.value] if s.shape is None else s.value)]
             try:
-                lps = self._timed(
-                    fn0.model.score, [s.fn.prompt for s in stops], [s.value for s in stops], **fn0.decoding_kwargs()
-                ).tolist()
+                flat = self._timed(fn0.model.score, prompts, values, **fn0.decoding_kwargs()).tolist()
             except Exception as err:
                 names = sorted({s.name for s in stops})
                 _add_note(err, f"llmppl.infer: raised while scoring site(s) {names} in one batch of {len(idx)}")
                 raise
             self.num_score_calls += 1
-            for i, s, lp in zip(idx, stops, lps, strict=True):
+            for i, s, lp in zip(idx, stops, _unflatten(stops, flat), strict=True):
                 p = particles[i]
                 p.scores[s.name] = lp
                 p.stop = None
                 # counted now, so that resampling right after sees it
                 if self.mode == "model":
                     extra = call_potential(s.fn, s.value, s.name) if (not s.is_observed and s.fn.potential) else 0.0
+                    # (a potential inside a vectorised plate is refused when the site is reached)
                     self.add(p, s.name, scaled_log_prob(lp + extra, s.scale, s.mask, s.name))
 
     def sample_stopped(self, particles: list[Particle]) -> None:
@@ -464,19 +502,22 @@ class Engine:
         for idx in plain.values():
             stops = [particles[i].stop for i in idx]
             fn0 = stops[0].fn
+            prompts = [s.fn.prompt for s in stops for _ in range(_strings(s))]
             try:
                 completions = self._timed(
-                    fn0.model.sample, [s.fn.prompt for s in stops], generator=self.generator(), **fn0.decoding_kwargs()
+                    fn0.model.sample, prompts, generator=self.generator(), **fn0.decoding_kwargs()
                 )
             except Exception as err:
                 names = sorted({s.name for s in stops})
                 _add_note(err, f"llmppl.infer: raised while sampling site(s) {names} in one batch of {len(idx)}")
                 raise
             self.num_sample_calls += 1
-            for i, s, c in zip(idx, stops, completions, strict=True):
+            texts = _unflatten(stops, [c.text for c in completions])
+            scores = _unflatten(stops, [c.log_prob for c in completions])
+            for i, s, text, lp in zip(idx, stops, texts, scores, strict=True):
                 p = particles[i]
-                p.values[s.name] = c.text
-                p.scores[s.name] = c.log_prob
+                p.values[s.name] = text
+                p.scores[s.name] = lp
                 p.stop = None
         if steered:
             from .steering import steer

@@ -58,12 +58,13 @@ class Stop(BaseException):
     'yes'
     """
 
-    def __init__(self, name: str, kind: str, fn: Any, value: Any = None, *, msg: dict | None = None):
+    def __init__(self, name: str, kind: str, fn: Any, value: Any = None, *, msg: dict | None = None, shape=None):
         super().__init__(name)
         self.name = name
         self.kind = kind
-        self.fn = fn
+        self.fn = fn  # the LM (of every string, inside a vectorised plate)
         self.value = value
+        self.shape = shape  # None, or the plate's batch shape: the value is a list of shape.numel() strings
         self.is_observed = bool(msg["is_observed"]) if msg is not None else kind == "score"
         self.scale = msg["scale"] if msg is not None else 1.0
         self.mask = msg["mask"] if msg is not None else None
@@ -87,8 +88,25 @@ class SiteRecord:
     is_lm: bool
 
 
+def lm_of(fn) -> LM | None:
+    """The ``LM`` of an LM site: the distribution itself, or the one a vectorised
+    ``pyro.plate`` expanded into :class:`~llmppl.distributions.strings.IIDStrings`.
+
+    >>> from llmppl.models import ToyLM
+    >>> d = LM("a", model=ToyLM(alphabet="ab"))
+    >>> lm_of(d) is d, lm_of(d.expand((3,))) is d, lm_of(None)
+    (True, True, None)
+    """
+    if isinstance(fn, LM):
+        return fn
+    if isinstance(fn, IIDStrings) and isinstance(fn.base_dist, LM):
+        return fn.base_dist
+    return None
+
+
 def _trail_entry(name: str, fn) -> tuple:
-    return (name, fn.prompt) if isinstance(fn, LM) else (name, None)
+    lm = lm_of(fn)
+    return (name, lm.prompt) if lm is not None else (name, None)
 
 
 class ReplayStopMessenger(Messenger):
@@ -118,11 +136,13 @@ class ReplayStopMessenger(Messenger):
     def _pyro_sample(self, msg) -> None:
         name, fn = msg["name"], msg["fn"]
         self.last_site = name
-        if isinstance(fn, IIDStrings) and isinstance(getattr(fn, "base_dist", None), LM):
+        lm = lm_of(fn)
+        shape = fn.batch_shape if lm is not None and lm is not fn else None  # inside a vectorised plate
+        if shape is not None and lm.potential is not None:
             raise NotImplementedError(
-                f"site {name!r}: an LM inside a vectorised pyro.plate ({fn.n} strings) is not supported by the "
-                "replay engine, observed or not; use a Python loop with one site per string "
-                "(`for i in pyro.plate(...)` or `range`)"
+                f"site {name!r}: an LM with a potential inside a vectorised pyro.plate ({fn.n} strings) is not "
+                "supported (token-level steering runs one string per site); use a Python loop with one site "
+                "per string (`for i in pyro.plate(...)` or `range`)"
             )
         entry = _trail_entry(name, fn)
         k = len(self.trail)
@@ -135,26 +155,25 @@ class ReplayStopMessenger(Messenger):
                 "cannot be replayed, nor can a site hidden by poutine.block; draw it with an unblocked pyro.sample"
             )
         self.trail.append(entry)
-        is_lm = isinstance(fn, LM)
         if msg["is_observed"]:
-            if is_lm and name not in self.scores:
-                raise Stop(name, "score", fn, msg["value"], msg=msg)
+            if lm is not None and name not in self.scores:
+                raise Stop(name, "score", lm, msg["value"], msg=msg, shape=shape)
             return
         if name in self.values:
             msg["value"] = self.values[name]
             msg["done"] = True
-            if is_lm and name in self.provided and name not in self.scores:
-                raise Stop(name, "score", fn, msg["value"], msg=msg)
+            if lm is not None and name in self.provided and name not in self.scores:
+                raise Stop(name, "score", lm, msg["value"], msg=msg, shape=shape)
             return
-        if is_lm:
-            raise Stop(name, "sample", fn, msg=msg)
+        if lm is not None:
+            raise Stop(name, "sample", lm, msg=msg, shape=shape)
 
     def _pyro_post_sample(self, msg) -> None:
         name = msg["name"]
         if name in self._names:
             raise ValueError(f"site {name!r}: expected unique sample site names in one run, got {name!r} twice")
         self._names.add(name)
-        is_lm = isinstance(msg["fn"], LM)
+        is_lm = lm_of(msg["fn"]) is not None
         if not msg["is_observed"] and name not in self.values:
             self.values[name] = msg["value"]
         self.sites.append(

@@ -321,12 +321,56 @@ def test_condition_and_plate():
     expected = lm.score([v["x"] for v in post.values], ["a"] * 16, max_tokens=1).double()
     assert post.log_weights.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
 
-    def plated():
+    def steered_in_a_plate():
         with pyro.plate("n", 2):
-            pyro.sample("xs", LM("a", model=lm, max_tokens=2))
+            pyro.sample("xs", LM("a", model=lm, max_tokens=2, potential=lambda s: 0.0))
 
-    with pytest.raises(NotImplementedError, match=r"site 'xs'.*plate"):
-        Importance(plated, num_samples=2, progress=False).run()
+    with pytest.raises(NotImplementedError, match=r"site 'xs'.*potential.*plate"):
+        Importance(steered_in_a_plate, num_samples=2, progress=False).run()
+
+
+@pytest.mark.parametrize("algorithm", ["importance", "smc"])
+def test_lm_sites_in_a_vectorised_plate_match_enumeration(algorithm):
+    # xs: three strings in one plate site; ys: two observed strings in another, prompted by xs[0]
+    lm = CountingLM(alphabet="ab")
+
+    def model():
+        with pyro.plate("p", 3):
+            xs = pyro.sample("xs", LM("a", model=lm, max_tokens=2))
+        with pyro.plate("q", 2):
+            pyro.sample("ys", LM(xs[0], model=lm, max_tokens=1), obs=["a", "b"])
+        return xs[0]
+
+    values = ["", "a", "b", "aa", "ab", "ba", "bb"]
+    prior = LM("a", model=lm, max_tokens=2).log_prob_batch(values).double()
+    obs = torch.stack([LM(v, model=lm, max_tokens=1).log_prob_batch(["a", "b"]).double().sum() for v in values])
+    joint = prior + obs
+    exact_z = float(torch.logsumexp(joint, 0))
+    exact = dict(zip(values, torch.softmax(joint, 0).tolist(), strict=True))
+    lm.sample_calls.clear()
+    lm.score_calls.clear()
+
+    pyro.set_rng_seed(0)
+    Alg = Importance if algorithm == "importance" else SMC
+    kwargs = {"num_samples": 4000} if algorithm == "importance" else {"num_particles": 4000}
+    post = Alg(model, progress=False, **kwargs).run()
+    assert post.log_evidence == pytest.approx(exact_z, abs=0.03)
+    m = post.marginal()
+    assert max(abs(m[v] - exact[v]) for v in values) < 0.03
+    assert all(len(v["xs"]) == 3 for v in post.values)
+    # one batched call per round, the plate's strings inside it
+    assert lm.sample_calls == [3 * 4000] and len(lm.score_calls) == 1
+
+
+def test_observed_plate_value_must_be_a_list_of_its_size():
+    lm = ToyLM(alphabet="ab")
+
+    def model():
+        with pyro.plate("q", 2):
+            pyro.sample("ys", LM("a", model=lm, max_tokens=1), obs=["a"])
+
+    with pytest.raises((TypeError, ValueError), match="ys"):
+        Importance(model, num_samples=2, progress=False).run()
 
 
 def test_inline_lambda_potentials_are_steered_together():
