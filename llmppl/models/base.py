@@ -492,6 +492,41 @@ class LanguageModel:
             return None
         return ids
 
+    def _stop_starters(self, stops: tuple[str, ...]) -> dict[int, str]:
+        """Tokens whose text starts with a stop string: token id -> its text (cached per ``stops``).
+
+        Any of them ends generation right where it begins (a BPE token ``" the"`` under
+        ``stop=" "``), so the probability that a value is returned sums over all of them.
+        """
+        cache = self.__dict__.setdefault("_llmppl_stop_starters", {})
+        if stops not in cache:
+            banned = set(self.banned_token_ids())
+            eos = self.tokenizer.eos_id
+            out = {}
+            for t in range(self.tokenizer.vocab_size):
+                if t == eos or t in banned:
+                    continue
+                try:
+                    text = self._decode([t])
+                except (ValueError, KeyError, IndexError):
+                    continue
+                if any(text.startswith(s) for s in stops):
+                    out[t] = text
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[stops] = out
+        return cache[stops]
+
+    def _stop_reads(self, value: str, stops: tuple[str, ...]) -> list[int]:
+        """The one-token ends of ``value``: tokens that start with a stop, where no stop
+        begins earlier across the value's end (``"a" + "ab"`` under ``stop="aa"``)."""
+        starters = self._stop_starters(stops)
+        spans = any(value.endswith(st[:j]) for st in stops for j in range(1, len(st)))
+        if not spans:
+            return list(starters)
+        tail = value[-max(len(st) for st in stops) :]
+        return [t for t, text in starters.items() if find_stop(tail + text, stops) == len(tail)]
+
     # ---------------------------------------------------------- sequence tier
 
     def sample(
@@ -537,8 +572,11 @@ class LanguageModel:
         # running path log-prob and the log-probs of EOS and the stop tokens at every step.
         stop_ids = {s: self._encode_value(s) for s in stops}
         window = stop_window(stops)
-        fast = all(ids is None or len(ids) == 1 for ids in stop_ids.values())
-        read_ids = [eos, *sorted({ids[0] for ids in stop_ids.values() if ids})]
+        # a stop ends generation through any token that starts with it (" the" under " "):
+        # read them all, when they are few
+        starters = self._stop_starters(stops) if stops else {}
+        fast = all(ids is None or len(ids) == 1 for ids in stop_ids.values()) and len(starters) <= 512
+        read_ids = [eos, *sorted(starters)] if fast else [eos]
         read_pos = {t: k for k, t in enumerate(read_ids)}
         read_t = torch.tensor(read_ids, dtype=torch.long)
         cum: list[list[float]] = [[0.0] for _ in range(n)]
@@ -632,12 +670,10 @@ class LanguageModel:
         if generated[:j] != ids or j >= len(generated):
             return None
         # the path through the value's tokens is clear of stops (the sampler checked every
-        # prefix); it ends by EOS, or by any one-token stop that first fires right there
+        # prefix); it ends by EOS, or by any token that starts with a stop right there
         terms = [reads[j][0]]
-        if j + 1 <= max_tokens:
-            for s_ids in stop_ids.values():
-                if s_ids and self._stop_path_valid(ids, s_ids, text, stops):
-                    terms.append(reads[j][read_pos[s_ids[0]]])
+        if j + 1 <= max_tokens and stops:
+            terms += [reads[j][read_pos[t]] for t in self._stop_reads(text, stops)]
         return cum[j] + float(torch.logsumexp(torch.tensor(terms, dtype=torch.float64), 0))
 
     def score(
@@ -702,14 +738,12 @@ class LanguageModel:
                 plain = True
             else:
                 reads.append(eos)
+                if stops:  # every token that starts with a stop (one-token stops among them)
+                    reads += self._stop_reads(value, stops)
                 for s_ids in stop_tokens.values():
-                    if not s_ids or len(ids) + len(s_ids) > max_tokens:
+                    if not s_ids or len(s_ids) == 1 or len(ids) + len(s_ids) > max_tokens:
                         continue
-                    if not self._stop_path_valid(ids, s_ids, value, stops):
-                        continue
-                    if len(s_ids) == 1:
-                        reads.append(s_ids[0])
-                    else:
+                    if self._stop_path_valid(ids, s_ids, value, stops):  # a stop of several tokens
                         row_item.append(i)
                         row_seq.append(ids + s_ids[:-1])
                         row_reads.append([s_ids[-1]])

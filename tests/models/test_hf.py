@@ -224,3 +224,35 @@ def test_smollm2_knows_the_capital_of_france():
     # one token, cut by max_tokens: the plain next-token probability
     lp = lm.score("The capital of France is", [" Paris"], max_tokens=1).item()
     assert abs(lp - (-0.26)) < 0.03
+
+
+def test_a_stop_at_the_start_of_a_longer_token_counts_every_such_token(gpt2):
+    # under stop=" ", a sampled " the" ends generation as a sampled " " does: the value's
+    # probability sums over every token that starts with the stop
+    prompts = ["the cat", "hello world"] * 30
+    cs = gpt2.sample(prompts, max_tokens=6, stop=" ", generator=torch.Generator().manual_seed(2))
+    scored = gpt2.score(prompts, [c.text for c in cs], max_tokens=6, stop=" ").tolist()
+    assert [c.log_prob for c in cs] == pytest.approx(scored, abs=1e-4)
+    ended_by_longer = [  # on the value's own tokens (not a byte piece decoded lossily as U+FFFD)
+        c
+        for c in cs
+        if c.finish_reason == "stop"
+        and gpt2.tokenizer.decode(c.tokens[-1:]) != " "
+        and gpt2.tokenizer.encode(c.text) == c.tokens[:-1]
+    ]
+    assert ended_by_longer and all(math.isfinite(c.log_prob) for c in ended_by_longer)
+
+    # by hand for one value: P(value's tokens) * sum of p(t) over EOS and the tokens starting with " "
+    c = ended_by_longer[0]
+    i = cs.index(c)
+    ids = gpt2.tokenizer.encode(c.text)
+    state = gpt2.prefill([gpt2.encode_prompt(prompts[i])])
+    total = 0.0
+    for t in ids:
+        total += float(gpt2.step_logprobs(state)[0, t])
+        state = gpt2.advance(state, torch.tensor([t]))
+    lp = gpt2.step_logprobs(state)[0]
+    starters = [t for t in range(gpt2.tokenizer.vocab_size) if gpt2.tokenizer.decode([t]).startswith(" ")]
+    starters.append(gpt2.tokenizer.eos_id)
+    expected = total + float(torch.logsumexp(lp[starters].double(), 0))
+    assert c.log_prob == pytest.approx(expected, abs=1e-4)
