@@ -37,7 +37,11 @@ _MEMO_SIZE = 4096
 
 
 def _memo(model) -> OrderedDict:
-    """Per-model LRU of exact log-probs, keyed by (prompt, settings, value); cleared with the prefix cache."""
+    """Per-model LRU of exact log-probs, keyed by (prompt, settings, value); cleared with the
+    prefix cache, and when the weights change."""
+    drop_stale = getattr(model, "_drop_stale_caches", None)
+    if drop_stale is not None:
+        drop_stale()
     memo = model.__dict__.get("_llmppl_score_memo")
     if memo is None:
         memo = model.__dict__["_llmppl_score_memo"] = OrderedDict()

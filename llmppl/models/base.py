@@ -53,6 +53,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -354,6 +355,34 @@ class LanguageModel:
             lp = lp.masked_fill(lp < kth, _NEG_INF)
         return lp.log_softmax(-1)
 
+    def _weights_signature(self) -> tuple | None:
+        """What changes with the weights: each tensor's storage, in-place version, dtype and
+        device (an optimiser step, ``load_state_dict``, ``.to(...)``); ``None`` for a model
+        without torch weights here (a remote server)."""
+        holder = self if isinstance(self, torch.nn.Module) else getattr(self, "model", None)
+        if not isinstance(holder, torch.nn.Module):
+            return None
+        tensors = itertools.chain(holder.parameters(), holder.buffers())
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+    def _drop_stale_caches(self) -> None:
+        """Forget cached states and scores made with other weights (see :meth:`clear_prefix_cache`).
+
+        >>> from llmppl.models.performer import PerformerConfig, PerformerLM
+        >>> lm = PerformerLM(PerformerConfig.tiny())
+        >>> _ = lm.sample(["ab"], max_tokens=2)
+        >>> len(lm._prefix_cache())
+        1
+        >>> with torch.no_grad():
+        ...     _ = next(lm.parameters()).add_(1.0)  # the weights change in place
+        >>> lm._drop_stale_caches(); len(lm._prefix_cache())
+        0
+        """
+        signature = self._weights_signature()
+        if self.__dict__.get("_llmppl_weights_signature") != signature:
+            self.clear_prefix_cache()
+            self.__dict__["_llmppl_weights_signature"] = signature
+
     def _prefix_cache(self) -> OrderedDict:
         cache = self.__dict__.get("_llmppl_prefix_cache")
         if cache is None:
@@ -454,6 +483,7 @@ class LanguageModel:
             position.setdefault(t, len(position))
         unique = list(position)
         key = tuple(unique)
+        self._drop_stale_caches()
         cache = self._prefix_cache()
         base = cache.get(key)
         resumed = None if base is not None else self._resume_continuations(unique)

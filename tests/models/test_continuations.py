@@ -112,3 +112,29 @@ def test_inference_is_unchanged_by_the_cache():
     off_values, off_w = run()
     assert on_values == off_values
     torch.testing.assert_close(torch.as_tensor(on_w), torch.as_tensor(off_w))
+
+
+def test_caches_follow_the_weights():
+    # an optimiser step or load_state_dict changes the weights in place: no stale state or
+    # memoised score may survive it (nobody has to call clear_prefix_cache)
+    import copy
+
+    from llmppl.distributions import LM
+    from llmppl.models import PerformerConfig, PerformerLM
+
+    torch.manual_seed(0)
+    lm = PerformerLM(PerformerConfig.tiny())
+    d = LM("Q: 1+2\nA:", model=lm, max_tokens=4, stop="\n")
+    before = float(d.log_prob(" 3"))
+    lm.sample(["Q: 1+2\nA:"] * 2, max_tokens=3)  # prefix and continuation caches filled
+    other = copy.deepcopy(lm)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    lm.load_state_dict(other.state_dict())
+    fresh = copy.deepcopy(other)
+    fresh.clear_prefix_cache()
+    after = float(d.log_prob(" 3"))
+    assert after != before
+    assert after == pytest.approx(float(LM("Q: 1+2\nA:", model=fresh, max_tokens=4, stop="\n").log_prob(" 3")), abs=1e-5)
+    assert lm.score("Q: 1+2\nA:", [" 3"], max_tokens=4, stop="\n").item() == pytest.approx(after, abs=1e-5)
