@@ -34,7 +34,13 @@ aligned and exact.
 
 Every request is retried with exponential backoff on connection errors, timeouts, 429
 and 5xx answers; when the retries run out, :class:`RemoteModelError` names the URL and
-the last status. No request is dropped.
+the last status. No request is dropped. A host name that does not resolve and a TLS
+certificate that fails verification are not retried. ``timeout`` bounds each whole
+request (connecting, sending, and reading the answer), however slowly a server trickles
+it. An answer that is not the OpenAI completions layout is a :class:`RemoteModelError`
+naming the URL. When one of several concurrent requests fails for good, its error is
+raised at once: the others are abandoned (each ends within its own ``timeout``, and none
+is retried or started).
 
 >>> lm = OpenAICompatibleLM("http://127.0.0.1:8080/v1", "smollm2", eos_token="<|im_end|>")
 >>> lm
@@ -47,15 +53,19 @@ NotImplementedError: OpenAICompatibleLM.prefill: ... needs a local model such as
 
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import json
 import math
+import socket
+import ssl
 import threading
 import time
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
 
@@ -77,6 +87,13 @@ _PLAIN_SAMPLING = {
     "frequency_penalty": 0.0,
 }
 _PROBE_PROMPTS = ("The capital of France is", "1, 2, 3, 4, 5,", "Monday, Tuesday,")
+#: the most seconds one socket operation is set to wait (a huge timeout overflows the platform's clock)
+_MAX_SOCKET_TIMEOUT = 1e6
+#: what an answer must look like, for errors about one that does not
+_ANSWER_LAYOUT = (
+    "{'choices': [{'text': str, 'finish_reason': str, 'logprobs': {'tokens': [str, ...], "
+    "'token_logprobs': [number or null, ...], 'top_logprobs': [{str: number} or null, ...]}}, ...]}"
+)
 
 
 class RemoteModelError(RuntimeError):
@@ -87,6 +104,75 @@ class RemoteModelError(RuntimeError):
     """
 
 
+def _reads_answers(method):
+    """Make a method that reads server answers raise :class:`RemoteModelError` for one it cannot read.
+
+    Any ``AttributeError``, ``IndexError``, ``KeyError``, ``TypeError`` or ``ValueError``
+    raised after an answer came back (a choice that is not an object, tokens that are not
+    strings, a null log-prob where a number belongs) becomes one error naming the URL, the
+    layout expected and the answer got; errors before any answer pass unchanged.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        local = self._local
+        outer = getattr(local, "answer", None)  # a caller's answer, restored for its own errors
+        local.answer = None
+        try:
+            return method(self, *args, **kwargs)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+            if local.answer is None:  # no answer read: not the server's doing
+                raise
+            raise RemoteModelError(
+                f"POST {self.completions_url}: expected an OpenAI completions answer, got one that cannot be read "
+                f"({type(err).__name__}: {err}): {local.answer!r:.300}; the layout expected: {_ANSWER_LAYOUT}"
+            ) from err
+        finally:
+            local.answer = outer
+
+    return wrapper
+
+
+def _time_left(deadline: float, timeout: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"timed out: the whole request took longer than the timeout of {timeout:g} s")
+    return min(left, _MAX_SOCKET_TIMEOUT)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side (``raw``, from ``sock.makefile``) where every read waits only
+    until the request's deadline."""
+
+    def __init__(self, raw, sock, deadline: float, timeout: float):
+        self._raw, self._sock, self._deadline, self._timeout = raw, sock, deadline, timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        self._sock.settimeout(_time_left(self._deadline, self._timeout))
+        try:
+            return self._raw.readinto(buf)
+        except TimeoutError:
+            raise TimeoutError(
+                f"timed out: the whole request took longer than the timeout of {self._timeout:g} s"
+            ) from None
+
+    def close(self) -> None:
+        self._raw.close()  # lets the socket close for good
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP response whose status line, headers and body must all arrive before one deadline."""
+
+    def __init__(self, sock, *args, deadline: float, timeout: float, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        # the socket's own reader, unbuffered: each read of it alone would wait a whole timeout afresh
+        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline, timeout))
+
+
 class OpenAICompatibleLM(LanguageModel):
     """A model served behind the OpenAI completions API, as a sequence-tier :class:`LanguageModel`.
 
@@ -94,7 +180,8 @@ class OpenAICompatibleLM(LanguageModel):
         is optional).
     :param str model: the model name the server knows it by (``"model"`` in requests).
     :param api_key: sent as ``Authorization: Bearer ...`` when given.
-    :param float timeout: seconds allowed for one request.
+    :param float timeout: seconds allowed for one whole request (connecting, sending, and
+        reading the whole answer), each retry having its own; a finite number > 0.
     :param int max_concurrency: the most requests in flight at once.
     :param int max_retries: retries of one request after a connection error, timeout, 429 or 5xx.
     :param float backoff: seconds before the first retry; doubled for each further one.
@@ -158,9 +245,10 @@ class OpenAICompatibleLM(LanguageModel):
             raise ValueError(f"score_cache_size: expected an int >= 0 (0: no memo), got {score_cache_size!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries: expected an int >= 0, got {max_retries!r}")
-        for name, value in (("timeout", timeout), ("backoff", backoff)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}: expected a number >= 0 (seconds), got {value!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout: expected a finite number > 0 (seconds for one whole request), got {timeout!r}")
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff < math.inf:
+            raise ValueError(f"backoff: expected a finite number >= 0 (seconds), got {backoff!r}")
         eos_tokens = normalize_stop(eos_token, where="eos_token")
         if extra_body is not None and not isinstance(extra_body, dict):
             raise TypeError(f"extra_body: expected None or a dict, got {type(extra_body).__name__}")
@@ -183,6 +271,8 @@ class OpenAICompatibleLM(LanguageModel):
         self.alignments: dict[str, str] = {}
         self.num_requests = 0  # successful requests, for benchmarks
         self._lock = threading.Lock()
+        # per thread: the answer being read (for errors about it) and the abort event of the _map batch
+        self._local = threading.local()
         self.score_cache_size = score_cache_size
         self._scores: OrderedDict[tuple, float] = OrderedDict()  # see score_cache_size
 
@@ -211,9 +301,14 @@ class OpenAICompatibleLM(LanguageModel):
         headers = {"Content-Type": "application/json", "Accept": "application/json", "Connection": "close"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        # one deadline for the whole request: every socket operation waits only for the time left
+        deadline = time.monotonic() + self.timeout
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=self.timeout)
+        conn = cls(self.host, self.port, timeout=min(self.timeout, _MAX_SOCKET_TIMEOUT))
+        conn.response_class = functools.partial(_DeadlineResponse, deadline=deadline, timeout=self.timeout)
         try:
+            conn.connect()
+            conn.sock.settimeout(_time_left(deadline, self.timeout))
             conn.request("POST", self.path_prefix + path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read(), resp.getheader("Retry-After")
@@ -224,12 +319,27 @@ class OpenAICompatibleLM(LanguageModel):
         """POST ``payload`` as JSON; retry connection errors, timeouts, 429 and 5xx with backoff."""
         url = self.root + path
         body = json.dumps(payload).encode()
+        abort = getattr(self._local, "abort", None)  # set when another request of this _map batch failed
         last = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt, last))
+                delay = self._delay(attempt, last)
+                if abort is not None:
+                    abort.wait(delay)
+                else:
+                    time.sleep(delay)
+            if abort is not None and abort.is_set():
+                raise RemoteModelError(f"POST {url}: not sent: another request of the same batch failed")
             try:
                 status, data, retry_after = self._send(path, body)
+            except (ssl.SSLCertVerificationError, socket.gaierror) as err:  # retrying cannot help
+                if isinstance(err, socket.gaierror):
+                    what, expected = "the host name does not resolve", f"a host name that resolves, got {self.host!r}"
+                else:
+                    what, expected = "the server's TLS certificate failed verification", "one this machine trusts"
+                raise RemoteModelError(
+                    f"POST {url}: {what} ({type(err).__name__}: {err}); expected {expected}; not retried"
+                ) from err
             except (OSError, http.client.HTTPException) as err:  # refused, reset, timed out, closed early
                 last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
                 continue
@@ -263,21 +373,47 @@ class OpenAICompatibleLM(LanguageModel):
         return delay
 
     def _map(self, fn: Callable, jobs: Sequence) -> list:
-        """``[fn(j) for j in jobs]`` with at most ``max_concurrency`` in flight; the first error is raised."""
+        """``[fn(j) for j in jobs]`` with at most ``max_concurrency`` in flight.
+
+        The first job to fail has its error raised at once, without waiting for the others:
+        those not started are cancelled, and those running send no further request (each
+        ends within its request's ``timeout``).
+
+        >>> OpenAICompatibleLM("http://127.0.0.1:8000", "m")._map(lambda j: 2 * j, [3, 1, 2])
+        [6, 2, 4]
+        """
         if len(jobs) <= 1 or self.max_concurrency == 1:
             return [fn(j) for j in jobs]
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs))) as pool:
-            futures = [pool.submit(fn, j) for j in jobs]
+        abort = threading.Event()
+
+        def run(job):
+            outer = getattr(self._local, "abort", None)
+            self._local.abort = abort  # read by _post in this thread
             try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+                return fn(job)
+            finally:
+                self._local.abort = outer
+
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(jobs)))
+        ok = False
+        try:
+            futures = [pool.submit(run, j) for j in jobs]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:  # the failed one first in job order, among those finished
+                if f in done and f.exception() is not None:
+                    f.result()
+            out = [f.result() for f in futures]  # all finished, none failed
+            ok = True
+            return out
+        finally:
+            if not ok:
+                abort.set()
+            pool.shutdown(wait=ok, cancel_futures=not ok)
 
     def _complete(self, payload: dict) -> dict:
         body = {"model": self.model, **payload}
         out = self._post("/v1/completions", body)
+        self._local.answer = out  # for _reads_answers' errors
         choices = out.get("choices") if isinstance(out, dict) else None
         if not isinstance(choices, list) or not choices:
             raise RemoteModelError(f"POST {self.completions_url}: expected 'choices' in the answer, got {out!r:.300}")
@@ -355,6 +491,7 @@ class OpenAICompatibleLM(LanguageModel):
             for (text, reason), lp in zip(results, log_probs, strict=True)  # type: ignore[misc]
         ]
 
+    @_reads_answers
     def _sample_one(self, prompt: str, n: int, seed: int, max_tokens: int, stops: tuple[str, ...]):
         payload = {
             "prompt": prompt,
@@ -496,6 +633,7 @@ class OpenAICompatibleLM(LanguageModel):
             )
         return lp, {"choice": choice, "usage": out.get("usage") or {}, "text": text}
 
+    @_reads_answers
     def _score_path(self, prompt: str, value: str, kind: str, ending: str, stops, max_tokens: int):
         """``kind`` "eos"/"length": (value tokens, value log-prob, ending log-prob); "stop": (tokens, log-prob)."""
         top, widened, seed = 1, False, None
@@ -626,6 +764,7 @@ class OpenAICompatibleLM(LanguageModel):
         """The probed alignment of plain prompts (``None`` before the first ``score``)."""
         return self.alignments.get("plain", next(iter(self.alignments.values()), None))
 
+    @_reads_answers
     def probe(self, prompts: Sequence[str] = ()) -> str:
         """Find how the server aligns echoed prompt log-probs: ``"aligned"`` or ``"shifted"``.
 
@@ -633,7 +772,8 @@ class OpenAICompatibleLM(LanguageModel):
         greedy token, or a seeded draw where that is EOS), whose log-prob generation reports
         correctly on every server seen, then echoes prompt + token and checks which reading
         of the echo gives the same log-prob. ``RemoteModelError`` if neither does (both
-        agreeing is no evidence: the next case is tried).
+        agreeing is no evidence: the next case is tried), or if an answer is not in the
+        completions layout.
         """
         seen = []
         # the greedy token first; seeded draws where that is EOS

@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -217,6 +219,52 @@ def make_server(toy):
         s.close()
 
 
+@pytest.fixture
+def serve():
+    """``serve(handle)``: the URL of a raw HTTP server on 127.0.0.1 that answers each POST with
+    ``handle(handler, body)`` (``reply`` writes a JSON answer); ``.requests`` counts them."""
+    servers = []
+
+    def make(handle):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def handle_one_request(self):
+                try:
+                    super().handle_one_request()
+                except OSError:  # the client gave up on this answer: expected here
+                    self.close_connection = True
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    make.requests += 1
+                handle(self, body)
+
+        lock = threading.Lock()
+        make.requests = 0
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield make
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def reply(handler, obj, status=200):
+    data = json.dumps(obj).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def remote(server, **kwargs):
     kwargs.setdefault("eos_token", EOS_TEXT)
     kwargs.setdefault("backoff", 0.01)
@@ -411,6 +459,101 @@ def test_timeout_per_request(make_server):
         lm.sample(["ab"], max_tokens=1)
 
 
+def test_timeout_bounds_the_whole_request_not_each_read(serve):
+    # status line, headers and body one byte every 0.02 s: about 2 s in all, each read well within 0.3 s
+    def trickle(handler, body):
+        data = json.dumps({"choices": [{"text": "a", "finish_reason": "length"}]}).encode()
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        for byte in head.encode() + data:
+            handler.wfile.write(bytes([byte]))
+            time.sleep(0.02)
+
+    url = serve(trickle)
+    lm = OpenAICompatibleLM(url, "m", timeout=0.3, max_retries=1, backoff=0.01)
+    t0 = time.perf_counter()
+    pattern = r"POST http://127\.0\.0\.1:\d+/v1/completions: gave up after 2 attempts \(timeout 0\.3 s each.*timed out"
+    with pytest.raises(RemoteModelError, match=pattern):  # a timeout like any other: retried, then given up
+        lm._post("/v1/completions", {"prompt": "ab"})
+    assert time.perf_counter() - t0 < 1.2
+    assert serve.requests == 2
+
+
+def _garbled(kind):
+    """An answer that is JSON with 'choices' but not the completions layout."""
+
+    def handle(handler, body):
+        prompt = body["prompt"]
+        if kind == "choice is a string":
+            return reply(handler, {"choices": ["x"]})
+        rows = [*prompt, "a"]
+        logprobs = {"tokens": rows, "token_logprobs": [None] + [-1.0] * len(prompt), "top_logprobs": None}
+        if kind == "tokens are not strings":
+            logprobs["tokens"] = list(range(len(rows)))
+        elif kind == "null log-prob of a generated token":
+            logprobs = {"tokens": ["a"], "token_logprobs": [None]}
+        text = (prompt if body.get("echo") else "") + "a"
+        reply(handler, {"choices": [{"text": text, "finish_reason": "length", "logprobs": logprobs}]})
+
+    return handle
+
+
+@pytest.mark.parametrize("kind", ["choice is a string", "tokens are not strings", "null log-prob of a generated token"])
+def test_an_unreadable_answer_is_a_remote_model_error_naming_the_url(serve, kind):
+    url = serve(_garbled(kind))
+    lm = OpenAICompatibleLM(url, "m", eos_token=EOS_TEXT, max_retries=0)
+    pattern = rf"POST {url}/completions: expected an OpenAI completions answer, got one that cannot be read \("
+    for call in (lambda: lm.sample(["ab"], max_tokens=2), lambda: lm.score("ab", ["a"], max_tokens=2)):
+        with pytest.raises(RemoteModelError, match=pattern) as info:
+            call()
+        assert "{'choices': [" in str(info.value) and "the layout expected" in str(info.value)
+    with pytest.raises(TypeError):  # a caller's mistake, before any answer, stays what it is
+        lm.probe(5)
+
+
+def test_one_failed_request_among_concurrent_ones_is_raised_at_once(serve):
+    def handle(handler, body):
+        if body["prompt"] == "bad":
+            return reply(handler, {"error": "bad prompt"}, status=400)
+        time.sleep(1.0)
+        reply(handler, {"error": "busy"}, status=503)  # retryable, but the batch has failed by then
+
+    url = serve(handle)
+    lm = OpenAICompatibleLM(url, "m", max_retries=3, backoff=0.01, max_concurrency=4, timeout=5)
+    before = set(threading.enumerate())
+    t0 = time.perf_counter()
+    with pytest.raises(RemoteModelError, match=rf"POST {url}/completions: the server answered HTTP 400"):
+        lm._map(lambda p: lm._complete({"prompt": p}), ["x", "y", "z", "bad"])
+    assert time.perf_counter() - t0 < 0.5  # not after the others' 1 s
+    time.sleep(1.3 - (time.perf_counter() - t0))
+    assert serve.requests == 4  # the abandoned requests were not retried
+    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("ThreadPoolExecutor")]
+    # without failures the results are in job order, whatever order they finish in
+    assert lm._map(lambda j: (time.sleep(0.02 * (4 - j)), j)[1], range(5)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "error, pattern",
+    [
+        (socket.gaierror(-2, "Name or service not known"), "the host name does not resolve"),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), "TLS certificate failed verification"),
+    ],
+)
+def test_dns_and_certificate_failures_are_not_retried(error, pattern):
+    lm = OpenAICompatibleLM("https://llm.example.invalid/v1", "m", max_retries=3, backoff=0.01)
+    calls = []
+
+    def send(path, body):
+        calls.append(path)
+        raise error
+
+    lm._send = send
+    with pytest.raises(
+        RemoteModelError, match=rf"POST https://llm\.example\.invalid/v1/completions: .*{pattern}.*not retried"
+    ):
+        lm.sample(["ab"], max_tokens=1)
+    assert len(calls) == 1
+
+
 def test_concurrency_is_bounded_and_used(make_server):
     server = make_server(delay=0.05)
     lm = remote(server, max_concurrency=3)
@@ -456,5 +599,8 @@ def test_bad_arguments_name_themselves():
         OpenAICompatibleLM("http://127.0.0.1:8000", "m", max_concurrency=0)
     with pytest.raises(ValueError, match=r"score_cache_size: expected an int >= 0 \(0: no memo\), got -1"):
         OpenAICompatibleLM("http://127.0.0.1:8000", "m", score_cache_size=-1)
+    for timeout in (0, -1.0, math.inf, math.nan):  # 0 would make every socket non-blocking
+        with pytest.raises(ValueError, match=rf"timeout: expected a finite number > 0 .*got {timeout!r}"):
+            OpenAICompatibleLM("http://127.0.0.1:8000", "m", timeout=timeout)
     with pytest.raises(TypeError, match=r"prompts\[0\]: expected a str"):
         OpenAICompatibleLM("http://127.0.0.1:8000", "m").sample([3])
