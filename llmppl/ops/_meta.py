@@ -28,15 +28,15 @@ def register() -> None:
 
     @torch.library.register_fake("llmppl::causal_linear_attention")
     def _(q_feat, k_feat, v, k_log_scale, chunk=DEFAULT_CHUNK):
-        return torch.empty_like(v)
+        return torch.empty_like(v, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("llmppl::causal_linear_attention_backward")
     def _(grad_out, q_feat, k_feat, v, k_log_scale, out, chunk=DEFAULT_CHUNK):
         return (
-            torch.empty_like(q_feat),
-            torch.empty_like(k_feat),
-            torch.empty_like(v),
-            torch.empty_like(k_log_scale),
+            torch.empty_like(q_feat, memory_format=torch.contiguous_format),
+            torch.empty_like(k_feat, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format),
+            torch.empty_like(k_log_scale, memory_format=torch.contiguous_format),
         )
 
     def setup_context(ctx, inputs, output):
@@ -79,7 +79,7 @@ def register() -> None:
 
     @torch.library.register_fake("llmppl::favor_causal_attention")
     def _(q, k, v, projection, chunk=DEFAULT_CHUNK):
-        return torch.empty_like(v)
+        return torch.empty_like(v, memory_format=torch.contiguous_format)
 
     def fused_setup(ctx, inputs, output):
         q, k, v, projection, chunk = inputs

@@ -54,9 +54,9 @@ def orthogonal_random_features(
     >>> torch.allclose(blk @ blk.T, torch.eye(4), atol=1e-5)
     True
     """
-    if not isinstance(num_features, int) or num_features < 1:
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
         raise ValueError(f"orthogonal_random_features: expected num_features >= 1, got {num_features!r}")
-    if not isinstance(dim, int) or dim < 1:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ValueError(f"orthogonal_random_features: expected dim >= 1, got {dim!r}")
     if scaling not in _SCALINGS:
         raise ValueError(f"orthogonal_random_features: expected scaling in {_SCALINGS}, got {scaling!r}")
@@ -108,9 +108,16 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, *, is_query: bool)
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"favor_features: expected x to be a floating Tensor, got {getattr(x, 'dtype', type(x))}")
-    if not isinstance(projection, torch.Tensor) or projection.dim() != 2 or projection.shape[1] != x.shape[-1]:
+    if x.dim() < 1:
+        raise ValueError("favor_features: expected x of shape [..., d], got a 0-dim tensor")
+    if (
+        not isinstance(projection, torch.Tensor)
+        or projection.dim() != 2
+        or projection.shape[1] != x.shape[-1]
+        or projection.shape[0] < 1
+    ):
         got = tuple(projection.shape) if isinstance(projection, torch.Tensor) else type(projection).__name__
-        raise ValueError(f"favor_features: expected projection of shape [m, {x.shape[-1]}], got {got}")
+        raise ValueError(f"favor_features: expected projection of shape [m >= 1, {x.shape[-1]}], got {got}")
     if x.device.type == "cpu" and _extension.load():
         feats, log_scale = torch.ops.llmppl.favor_features(x, projection)
     else:

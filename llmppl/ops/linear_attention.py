@@ -34,6 +34,11 @@ def _check(name: str, q_feat, k_feat, v, k_log_scale) -> torch.Tensor:
             raise TypeError(f"{name}: expected {arg} to be a Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name}: expected {arg} of a floating dtype, got {t.dtype}")
+    if not (q_feat.dtype == k_feat.dtype == v.dtype):
+        raise TypeError(
+            f"{name}: expected q_feat, k_feat and v of one floating dtype, "
+            f"got {q_feat.dtype}, {k_feat.dtype}, {v.dtype}"
+        )
     if q_feat.dim() < 2 or k_feat.shape != q_feat.shape:
         raise ValueError(
             f"{name}: expected q_feat and k_feat of one shape [..., L, M], got "

@@ -278,3 +278,14 @@ def test_fused_kernel_gradients_and_opcheck(fused):
         torch.library.opcheck(
             torch.ops.llmppl.favor_causal_attention.default, (q.float(), k.float(), v.float(), w.float(), 4)
         )
+        vt = v.detach().mT.contiguous().mT  # non-contiguous: the fake kernel's strides are the real ones
+        torch.library.opcheck(torch.ops.llmppl.favor_causal_attention.default, (q.detach(), k.detach(), vt, w, 4))
+
+
+def test_feature_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"projection of shape \[m >= 1, 4\]"):
+        ops.favor_features(torch.randn(3, 4), torch.empty(0, 4), is_query=False)
+    with pytest.raises(ValueError, match="0-dim"):
+        ops.favor_features(torch.tensor(1.0), torch.randn(2, 1), is_query=True)
+    with pytest.raises(ValueError, match="num_features"):
+        ops.orthogonal_random_features(True, 4)

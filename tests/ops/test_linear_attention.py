@@ -121,6 +121,12 @@ def test_opcheck(kernel):
     torch.library.opcheck(
         torch.ops.llmppl.causal_linear_attention_backward.default, (torch.randn_like(out), q, k, v, ls, out, 8)
     )
+    # transposed (non-contiguous) inputs: the fake kernels give the real outputs' strides
+    qt, vt = q.mT.contiguous().mT, v.mT.contiguous().mT
+    torch.library.opcheck(torch.ops.llmppl.causal_linear_attention.default, (qt, k, vt, ls, 8))
+    torch.library.opcheck(
+        torch.ops.llmppl.causal_linear_attention_backward.default, (torch.randn_like(out), qt, k, vt, ls, out, 8)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -170,3 +176,41 @@ def test_masked_leading_keys_give_finite_gradients_under_large_upstream_gradient
         (fn(*xs) * torch.randn(1, 2, 40, 5, generator=torch.Generator().manual_seed(0)) * 1e6).sum().backward()
         for x in xs[:3]:
             assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_a_future_key_never_changes_a_past_output_not_even_by_underflow(chunk):
+    # a later key that raises the running maximum must leave every earlier output and
+    # gradient bitwise unchanged, whatever the chunking (the stabiliser's promise)
+    q = torch.tensor([[[0.5, 0.5], [1.0, 1e-36], [0.5, 0.5]]], requires_grad=True)
+    k = torch.tensor([[[1e-36, 1.0], [1.0, 1e-36], [0.5, 0.5]]])
+    v = torch.tensor([[[0.0], [1.0], [0.0]]])
+    outs, grads = [], []
+    for future in (0.0, 29.0):
+        q.grad = None
+        out = ops.causal_linear_attention(q, k, v, torch.tensor([[0.0, -80.0, future]]), chunk=chunk)
+        out[0, 1, 0].backward()
+        outs.append(out[0, :2].detach().clone())
+        grads.append(q.grad[0, :2].clone())
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert outs[0][1, 0] > 0.5  # the value of key 1 is what position 1 reads
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v, ls = inputs(2, 48, 8, generator=g)
+    base = ops.causal_linear_attention(q, k, v, ls, chunk=chunk)
+    for t in (0, 5, 20, 46):
+        ls2, k2, v2 = ls.clone(), k.clone(), v.clone()
+        ls2[:, t + 1] += 29.0
+        k2[:, t + 1] *= 7.0
+        v2[:, t + 1] = -v2[:, t + 1]
+        changed = ops.causal_linear_attention(q, k2, v2, ls2, chunk=chunk)
+        assert torch.equal(changed[:, : t + 1], base[:, : t + 1]), t
+
+
+@pytest.mark.parametrize("op", [ops.linear_attention, ops.causal_linear_attention])
+def test_mixed_dtypes_are_an_error_naming_them_on_every_path(op):
+    q, k, v, ls = inputs(1, 6, 4, D=2)
+    with pytest.raises(TypeError, match="q_feat, k_feat and v of one floating dtype"):
+        op(q.double(), k, v, ls)
+    with pytest.raises(TypeError, match="q_feat, k_feat and v of one floating dtype"):
+        op(q, k, v.half(), ls)

@@ -23,30 +23,31 @@ inline T exp_diff(T a, T b) {
 }
 
 // Weights of one chunk, in place: w[i, j] *= exp(l_j - c_i) for j <= i, 0 above.
-// While the running maximum rises by less than kFactorSpan nats inside the chunk,
-// exp(l_j - c_i) = exp(l_j - c_end) * exp(c_end - c_i): 2*len exps instead of len^2/2,
-// and neither factor overflows (a factor that underflows belongs to a weight below
-// e^-57 of the row's largest, far under rounding).
+// Row i is split at the chunk's first running maximum c_0, which no later key affects:
+// exp(l_j - c_i) = exp(l_j - c_0) * exp(c_0 - c_i), about 2*len exps instead of
+// len^2/2. It is used for the rows whose own maximum c_i is less than kFactorSpan nats
+// above c_0, where neither factor overflows (l_j <= c_i for j <= i); other rows take
+// exp(l_j - c_i) pair by pair. Both the split and the choice depend only on positions
+// <= i, so no future key changes row i, not even through underflow.
 template <typename T>
 void apply_causal_decay(T* w, int64_t ld, int64_t len, const T* l, const T* c, std::vector<T>& scratch) {
   constexpr T kFactorSpan = T(30);
-  const T c_end = c[len - 1];
-  const bool empty_start = std::isinf(c[0]) && c[0] < 0;
-  if (!empty_start && c_end - c[0] < kFactorSpan) {
-    T* key = scratch.data();
-    for (int64_t j = 0; j < len; ++j) key[j] = std::exp(l[j] - c_end);
-    for (int64_t i = 0; i < len; ++i) {
-      T* row = w + i * ld;
-      const T r = std::exp(c_end - c[i]);
-      for (int64_t j = 0; j <= i; ++j) row[j] *= key[j] * r;
-      for (int64_t j = i + 1; j < len; ++j) row[j] = T(0);
-    }
-    return;
-  }
+  const T c0 = c[0];
+  T* key = scratch.data();
+  bool keys_ready = false;
   for (int64_t i = 0; i < len; ++i) {
     T* row = w + i * ld;
     const bool dead = std::isinf(c[i]) && c[i] < 0;
-    for (int64_t j = 0; j <= i; ++j) row[j] = dead ? T(0) : row[j] * std::exp(l[j] - c[i]);
+    if (!dead && c[i] - c0 < kFactorSpan) {  // false when c0 = -inf (nothing seen at the chunk's start)
+      if (!keys_ready) {
+        for (int64_t j = 0; j < len; ++j) key[j] = std::exp(l[j] - c0);  // used only where finite
+        keys_ready = true;
+      }
+      const T r = std::exp(c0 - c[i]);
+      for (int64_t j = 0; j <= i; ++j) row[j] *= key[j] * r;
+    } else {
+      for (int64_t j = 0; j <= i; ++j) row[j] = dead ? T(0) : row[j] * std::exp(l[j] - c[i]);
+    }
     for (int64_t j = i + 1; j < len; ++j) row[j] = T(0);
   }
 }
