@@ -47,6 +47,20 @@ asks every fact in three more phrasings per attribute that are never held out (h
 training questions): with more paraphrases of each fact, a small model's answers carry
 over to the held-out phrasing far better (``benchmarks/answerer_probe.py``).
 
+Where the split is weaker than "never overlaps" (kept as is: the shipped checkpoint was
+trained on these generators and its held-out figures are measured on these test sets):
+
+- a held-out answerer question can still appear in a *questioner* training game for that
+  object, in the other direction (``Q: Do you keep it at home? A: yes ... Guess: lamp``):
+  the questioner asks in the first phrasing, which is the held-out one for a third of the
+  facts;
+- the questioner's split is by the hidden object and the whole opening, but its prompt
+  does not show the object, so most held-out (prompt, first move) pairs also occur in
+  training (the short openings are few); its row measures imitation of the policy, not
+  generalisation.
+
+A calculator ``+`` call in training never uses a held-out addition pair.
+
 >>> p = sample_problem("scratchpad", split="train", seed=0, index=0)
 >>> p.text.startswith("Q: ") and p.text.endswith(p.target + "\n")
 True
@@ -281,7 +295,9 @@ def _calculator(rng, split, digits=None):
         if op == "-" and b > a and rng.random() < 0.8:
             a, b = b, a
         n = rng.choice(_NAMES)
-        if is_held_out(f"calc:{t}:{a}{op}{b}") == (split == "test"):
+        # a held-out addition stays out of training here too (as a call and its result)
+        leaks = split == "train" and op == "+" and is_held_out(f"{a}+{b}")
+        if is_held_out(f"calc:{t}:{a}{op}{b}") == (split == "test") and not leaks:
             break
     question = template.format(a=a, b=b, n=n)
     expr = f"{a}{op}{b}"
@@ -536,7 +552,8 @@ def questioner_policy(history: list[tuple[str, bool]]) -> tuple[str, str]:
 def _twenty_questioner(rng, split, digits=None):
     objs = list(KNOWLEDGE_BASE)
     # a game may start after 0-3 questions someone else asked (any phrasing); the policy
-    # then asks in the first (canonical) phrasing. The split is by the whole opening.
+    # then asks in the first (canonical) phrasing. The split is by the object and the whole
+    # opening (see the module docstring for what that does not keep apart).
     for _ in range(1000):
         obj = rng.choice(objs)
         opening = rng.sample(_ATTR_ORDER, rng.choice([0, 0, 1, 2, 3]))

@@ -2,6 +2,7 @@
 
 import itertools
 import random
+import re
 
 import pytest
 
@@ -43,6 +44,13 @@ def test_held_out_never_in_training(task):
     train = {T.sample_problem(task, split="train", seed=0, index=i).text for i in range(400)}
     test = {T.sample_problem(task, split="test", seed=0, index=i).text for i in range(100)}
     assert not train & test
+
+
+def test_held_out_additions_are_not_trained_as_calculator_calls():
+    for i in range(3000):
+        p = T.sample_problem("calculator", split="train", seed=0, index=i)
+        a, op, b = re.fullmatch(r"(\d+)([-+*])(\d+)", p.meta["expr"]).groups()
+        assert not (op == "+" and T.is_held_out(f"{a}+{b}")), p.meta["expr"]
 
 
 def test_addition_split_by_operands():
