@@ -273,6 +273,7 @@ def star_loop(
         (one sampled scratchpad per problem with ``eval_samples=1``, see :func:`accuracy`).
     :param model: the starting language model.
     :param callable fine_tune: ``(model, documents) -> model``; default: see above.
+    :param int iterations: how many, at least 1 (as ``llmppl star --iterations``).
     :param style: the scratchpad's :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :param bool restart: fine-tune a fresh copy of the *starting* model every iteration (the
         STaR paper's choice) instead of continuing from the last one.
@@ -291,8 +292,8 @@ def star_loop(
     >>> [h["iteration"] for h in history], final is not lm
     ([0, 1], True)
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"star_loop: iterations: expected an int >= 0, got {iterations!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"star_loop: iterations: expected an int >= 1, got {iterations!r}")
     default = fine_tune is None
     if default:
         if not isinstance(model, PerformerLM):

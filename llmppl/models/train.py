@@ -5,7 +5,9 @@ CPU by default (``--device cuda`` when present); a tqdm progress bar; a held-out
 evaluation every ``--eval-every`` steps; a resumable checkpoint (``train_state.pt``,
 weights, optimiser, step) every ``--save-every`` steps, resumed automatically from
 ``--out``; the batches are a pure function of ``--seed`` and the step, so a run resumed
-from a checkpoint sees the same data as an uninterrupted one. ``--max-digits
+from a checkpoint sees the same data as an uninterrupted one (resuming with other
+arguments, e.g. a next phase's ``--steps`` and ``--lr``, warns which differ; another
+``--seed`` or architecture is refused). ``--max-digits
 '{"scratchpad": 3, "verifier": 3}'`` caps the operand length of the addition tasks (the
 STaR regime: worked solutions only up to 3 digits); without it nothing changes. With
 ``--max-digits-until STEP`` the cap is a curriculum: it holds below ``STEP``, then every
@@ -95,6 +97,15 @@ def _capped_lengths(rng: random.Random, max_digits: int) -> tuple[int, int]:
     return (la, lb) if rng.random() < 0.5 else (lb, la)
 
 
+def _problem_index(step: int, j: int) -> int:
+    """The stream index of document ``j`` of ``step``'s batch: ``step * 4096 + j`` for the first
+    4096 (each index once); beyond, distinct negative indices (Cantor pairing of ``step``, ``j - 4096``)."""
+    if j < 4096:
+        return step * 4096 + j
+    k = j - 4096
+    return -1 - ((step + k) * (step + k + 1) // 2 + k)
+
+
 def make_batch(
     step: int,
     *,
@@ -128,7 +139,7 @@ def make_batch(
         kwargs = {}
         if cap is not None:
             kwargs["digits"] = _capped_lengths(random.Random(f"digits:{seed}:{step}:{j}"), cap)
-        p = T.sample_problem(task, split="train", seed=seed, index=step * 4096 + j, **kwargs)
+        p = T.sample_problem(task, split="train", seed=seed, index=_problem_index(step, j), **kwargs)
         ids, wt = _encode_document(
             tokenizer,
             p.prompt,
@@ -287,37 +298,113 @@ QUICK_METRICS = (
 # ------------------------------------------------------------------ training
 
 
+def _int_at_least(low: int):
+    """An argparse ``type``: an int ``>= low`` (argparse names the option in its usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _option_type(check):
+    """An argparse ``type`` that runs ``check(text)`` and keeps ``text``; its ``ValueError``
+    (``"--option: expected ..."``) becomes the usage error, which names the option itself."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).partition(": ")[2]) from None
+        return text
+
+    return parse
+
+
+def _check_device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device: expected cpu or cuda (a torch device), got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device: expected cpu, or cuda with a CUDA GPU present; got {text!r}, "
+            "and torch.cuda.is_available() is False"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device: expected a CUDA GPU below cuda:{torch.cuda.device_count()}, got {text!r}")
+    return text
+
+
+def _json_option(text: str, option: str, expected: str):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{option}: expected {expected}, got {text!r} (not JSON: {e})") from None
+
+
+def _parse_weights(text: str | None) -> dict[str, float]:
+    if not text:
+        return dict(T.DEFAULT_WEIGHTS)
+    expected = f"a JSON object mapping tasks in {T.TASKS} to numbers >= 0, not all 0"
+    value = _json_option(text, "--weights", expected)
+    if not (
+        isinstance(value, dict)
+        and all(
+            k in T.TASKS and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+            for k, v in value.items()
+        )
+        and sum(value.values()) > 0
+    ):
+        raise ValueError(f"--weights: expected {expected}, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m llmppl.models.train``."""
+    positive, non_negative = _int_at_least(1), _int_at_least(0)
     p = argparse.ArgumentParser(prog="llmppl train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, final weights")
-    p.add_argument("--steps", type=int, default=4000, help="optimiser steps (cosine schedule length)")
-    p.add_argument("--batch-tokens", type=int, default=3072, help="tokens per batch (approximate)")
+    p.add_argument("--steps", type=positive, default=4000, help="optimiser steps (cosine schedule length)")
+    p.add_argument("--batch-tokens", type=positive, default=3072, help="tokens per batch (approximate)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--warmup", type=non_negative, default=150)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--d-model", type=int, default=192)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--n-heads", type=int, default=6)
-    p.add_argument("--num-features", type=int, default=64)
-    p.add_argument("--mlp-ratio", type=int, default=4)
-    p.add_argument("--eval-every", type=int, default=500, help="steps between held-out evaluations (0: never)")
-    p.add_argument("--eval-n", type=int, default=48, help="held-out problems per metric at each evaluation")
-    p.add_argument("--save-every", type=int, default=200, help="steps between resumable checkpoints")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core box)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--weights", default=None, help="task mixture as JSON, e.g. '{\"scratchpad\": 1}'")
+    p.add_argument("--d-model", type=positive, default=192)
+    p.add_argument("--n-layers", type=positive, default=4)
+    p.add_argument("--n-heads", type=positive, default=6)
+    p.add_argument("--num-features", type=positive, default=64)
+    p.add_argument("--mlp-ratio", type=positive, default=4)
+    p.add_argument("--eval-every", type=non_negative, default=500, help="steps between held-out evaluations (0: never)")
+    p.add_argument("--eval-n", type=positive, default=48, help="held-out problems per metric at each evaluation")
+    p.add_argument("--save-every", type=positive, default=200, help="steps between resumable checkpoints")
+    p.add_argument("--threads", type=positive, default=1, help="torch CPU threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--device", type=_option_type(_check_device), default="cpu", help="cpu, or cuda (a CUDA GPU)")
+    p.add_argument(
+        "--weights",
+        type=_option_type(_parse_weights),
+        default=None,
+        help=f"task mixture as JSON, e.g. '{{\"scratchpad\": 1}}'; tasks: {', '.join(T.TASKS)}",
+    )
     p.add_argument(
         "--max-digits",
+        type=_option_type(_parse_max_digits),
         default=None,
         help='longest operand per addition task as JSON, e.g. \'{"scratchpad": 3, "verifier": 3}\' '
         "(default: the generators' own, up to 6)",
     )
     p.add_argument(
         "--max-digits-until",
-        type=int,
+        type=non_negative,
         default=None,
         help="the --max-digits cap holds for steps below this one, then every length is trained "
         "(a curriculum: short operands until the model copies digits; default: the whole run)",
@@ -330,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=non_negative,
         default=0,
         help="processes that build batches ahead of the optimiser (the same batches; 0: in the loop). "
         "On a GPU the Python task generators are the bottleneck without them",
@@ -361,12 +448,13 @@ def _init_weights(path: str | None) -> PerformerLM | None:
 def _parse_max_digits(text: str | None) -> dict[str, int] | None:
     if not text:
         return None
-    value = json.loads(text)
-    addition = ("scratchpad", "direct", "verifier")
+    expected = "a JSON object mapping ('scratchpad', 'direct', 'verifier') to ints >= 1"
+    value = _json_option(text, "--max-digits", expected)
     if not isinstance(value, dict) or any(
-        k not in addition or isinstance(v, bool) or not isinstance(v, int) or v < 1 for k, v in value.items()
+        k not in ("scratchpad", "direct", "verifier") or isinstance(v, bool) or not isinstance(v, int) or v < 1
+        for k, v in value.items()
     ):
-        raise ValueError(f"--max-digits: expected a JSON object mapping {addition} to ints >= 1, got {text!r}")
+        raise ValueError(f"--max-digits: expected {expected}, got {text!r}")
     return value
 
 
@@ -382,6 +470,33 @@ def _log(out: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+_NOT_COMPARED = {"out", "init", "device", "threads", "workers", "no_progress", "max_seconds"}
+
+
+def _check_resume(ckpt: dict, config: PerformerConfig, args, ckpt_path: str) -> None:
+    """Refuse a resume whose model config differs; warn of arguments that differ from the saved run's."""
+    saved, new = ckpt["config"], config.to_dict()
+    differ = [k for k in new if saved.get(k) != new[k]]
+    if differ:
+        option = {k: "seed" if k == "projection_seed" else k for k in differ}
+        was = "; ".join(
+            f"{k}{f' (--{option[k]})'.replace('_', '-') if hasattr(args, option[k]) else ''}: "
+            f"saved {saved.get(k)!r}, got {new[k]!r}"
+            for k in differ
+        )
+        raise ValueError(f"train: --out {args.out} holds a run with another model config: {was}")
+    warn = []
+    if getattr(args, "init", None) is not None:
+        warn.append(f"--init {args.init} is ignored: the run resumes from {ckpt_path}")
+    old = ckpt.get("args") or {}  # absent in states saved before the arguments were
+    changed = [k for k, v in vars(args).items() if k in old and k not in _NOT_COMPARED and old[k] != v]
+    if changed:
+        warn.append("arguments differ from the saved run (saved -> now, the new ones apply from here on): ")
+        warn[-1] += ", ".join(f"--{k.replace('_', '-')} {old[k]!r} -> {getattr(args, k)!r}" for k in changed)
+    for line in warn:
+        print(f"train: warning: resuming --out {args.out}: {line}", file=sys.stderr)
+
+
 def train(args) -> PerformerLM:
     """Run (or resume) training as configured by ``args`` (from :func:`build_parser`).
 
@@ -392,9 +507,11 @@ def train(args) -> PerformerLM:
     ...     train(a).config.d_model
     16
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     max_digits = _parse_max_digits(getattr(args, "max_digits", None))
+    weights = _parse_weights(args.weights)
+    _check_device(args.device)
     until = getattr(args, "max_digits_until", None)
     if until is not None and (max_digits is None or until < 0):
         raise ValueError(
@@ -410,7 +527,6 @@ def train(args) -> PerformerLM:
     if str(args.device).startswith("cuda"):  # TF32 matrix products: the loss curve is the same, 2-3x faster
         torch.backends.cuda.matmul.allow_tf32 = True
     os.makedirs(args.out, exist_ok=True)
-    weights = json.loads(args.weights) if args.weights else dict(T.DEFAULT_WEIGHTS)
     config = (
         init.config
         if init is not None
@@ -434,17 +550,16 @@ def train(args) -> PerformerLM:
         betas=(0.9, 0.98),
     )
     ckpt_path = os.path.join(args.out, "train_state.pt")
-    step, elapsed = 0, 0.0
+    step, elapsed, ema, tokens = 0, 0.0, None, 0
     if os.path.exists(ckpt_path):
         ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=False)
-        if ckpt["config"] != config.to_dict():
-            raise ValueError(
-                f"train: --out {args.out} holds a run with config {ckpt['config']}, got {config.to_dict()}"
-            )
+        _check_resume(ckpt, config, args, ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = ckpt["step"], ckpt.get("elapsed", 0.0)
+        ema, tokens = ckpt.get("loss_ema"), ckpt.get("tokens", 0)  # absent before they were saved
         print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    start = step
     tok = model.tokenizer
     meta = {"command": " ".join(sys.argv), "args": vars(args), "params": model.num_parameters()}
 
@@ -456,6 +571,9 @@ def train(args) -> PerformerLM:
                 "step": step,
                 "config": config.to_dict(),
                 "elapsed": elapsed,
+                "args": dict(vars(args)),
+                "loss_ema": ema,
+                "tokens": tokens,
             },
             ckpt_path + ".tmp",
         )
@@ -465,7 +583,6 @@ def train(args) -> PerformerLM:
         )
 
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, dynamic_ncols=True)
-    ema, tokens = None, 0
     batches = _batch_stream(step, args, weights, tok, max_digits, until)
     max_seconds = getattr(args, "max_seconds", None)
     read_every = _loss_read_every(args.device)
@@ -526,7 +643,7 @@ def train(args) -> PerformerLM:
             t_last = time.time()  # evaluation time is not training time
     bar.close()
     ema = read_losses(ema)
-    if ema is not None and step % 50:  # the last steps' record, so the log ends where training did
+    if step > start and step % 50:  # the last steps' record, so the log ends where training did
         log_progress()
     save()
     return model
@@ -648,7 +765,7 @@ def fine_tune(
     >>> fine_tune(lm, docs, steps=5, lr=1e-2, warmup=1) is lm, document_loss(lm, docs) < before
     (True, True)
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     if not isinstance(lm, PerformerLM):
         raise TypeError(f"fine_tune: lm: expected a PerformerLM, got {type(lm).__name__}")
@@ -718,11 +835,24 @@ def read_documents(path: str | os.PathLike) -> list:
     >>> os.remove(f.name)
     """
     docs: list = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"read_documents: {path} line {n}: expected UTF-8 text, got byte {raw[e.start]:#04x} "
+                    f"at column {e.start + 1} ({e.reason})"
+                ) from None
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"read_documents: {path} line {n}: expected a JSON object, got {line.strip()[:80]!r} "
+                    f"({e.msg} at column {e.colno})"
+                ) from None
             if isinstance(record, dict) and isinstance(record.get("text"), str):
                 docs.append(record["text"])
             elif (
@@ -736,6 +866,8 @@ def read_documents(path: str | os.PathLike) -> list:
                     f"read_documents: {path} line {n}: expected an object with 'text' or 'prompt' and 'completion' "
                     f"strings, got {line.strip()[:80]!r}"
                 )
+    if not docs:
+        raise ValueError(f"read_documents: {path}: expected at least one document (a JSON line), got none")
     return docs
 
 
@@ -753,13 +885,13 @@ def build_finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="checkpoint folder to start from (default: the shipped checkpoint)")
     p.add_argument("--data", required=True, help="JSON-lines file of documents")
     p.add_argument("--out", required=True, help="folder for the fine-tuned checkpoint")
-    p.add_argument("--steps", type=int, default=200, help="optimiser steps (default: 200)")
+    p.add_argument("--steps", type=_int_at_least(1), default=200, help="optimiser steps (default: 200)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
-    p.add_argument("--batch-tokens", type=int, default=3072, help="tokens per batch (default: 3072)")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--batch-tokens", type=_int_at_least(1), default=3072, help="tokens per batch (default: 3072)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=_int_at_least(1), default=1, help="torch CPU threads")
+    p.add_argument("--device", type=_option_type(_check_device), default="cpu", help="cpu, or cuda (a CUDA GPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -779,10 +911,14 @@ def finetune_main(argv: list[str] | None = None) -> int:
     """
     from .pretrained import load_pretrained
 
-    args = build_finetune_parser().parse_args(argv)
+    parser = build_finetune_parser()
+    args = parser.parse_args(argv)
+    try:
+        documents = read_documents(args.data)
+    except (OSError, ValueError) as e:
+        parser.error(f"--data: {e}")
     torch.set_num_threads(args.threads)
     lm = load_pretrained(args.init, device=args.device)
-    documents = read_documents(args.data)
     before = document_loss(lm, documents)
     t0 = time.time()
     fine_tune(

@@ -144,6 +144,14 @@ def test_loop_needs_a_fine_tune_for_other_models(lm):
     assert set(DEFAULT_FINE_TUNE) >= {"steps", "lr"}
 
 
+def test_loop_needs_at_least_one_iteration_like_the_command_line(tmp_path):
+    # zero iterations would write nothing to save_dir although its docstring promises final/ and history.json
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=rf"star_loop: iterations: expected an int >= 1, got {bad}"):
+            star_loop([("1+1", "2")], [], model=PerformerLM(PerformerConfig.tiny()), iterations=bad, save_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_batched_accuracy_counts_right_answers(scripted):
     model = scripted({"Work: ": RIGHT_WORK, f"Work: {RIGHT_WORK}\nA: ": "3"}, p=0.999)
     correct = []

@@ -150,8 +150,12 @@ def test_max_digits_caps_the_addition_tasks_only_when_asked():
     uncapped = [make_batch(s, seed=0, batch_tokens=400, weights=weights, tokenizer=tok)[0] for s in range(6)]
     longest = max(len(tok.decode([t for t in r if t < 256]).split("\n")[0]) for ids in uncapped for r in ids.tolist())
     assert longest > len("Verify: 999+999")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--out", "x", "--max-digits", '{"calculator": 2}'])
+    args = build_parser().parse_args(["--out", "x"])
+    args.max_digits = '{"calculator": 2}'  # a Namespace built by hand is checked by train itself
     with pytest.raises(ValueError, match="max-digits"):
-        train(build_parser().parse_args(["--out", "x", "--max-digits", '{"calculator": 2}']))
+        train(args)
 
 
 def test_max_digits_until_is_a_curriculum(tmp_path, monkeypatch):
@@ -220,3 +224,148 @@ def test_reading_losses_ten_at_a_time_trains_the_same_and_still_stops_on_nan(tmp
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 0"):
         train(build_parser().parse_args(["--out", str(tmp_path / "c"), "--steps", "30", "--save-every", "5", *TINY]))
     assert not (tmp_path / "c" / "train_state.pt").exists()  # read before the step-5 save: nothing saved
+
+
+# ------------------------------------------------------------------ checks of the command line and of resuming
+
+
+def test_resume_warns_of_changed_arguments_and_an_ignored_init(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    train(build_parser().parse_args(["--out", out, "--steps", "2", *TINY]))
+    capsys.readouterr()
+    train(build_parser().parse_args(["--out", out, "--steps", "3", *TINY]))  # the same arguments but --steps
+    err = capsys.readouterr().err
+    assert "--steps 2 -> 3" in err and "--lr" not in err and "--init" not in err
+    weights = '{"direct": 1}'
+    args = ["--out", out, "--steps", "4", "--lr", "0.001", "--weights", weights, "--init", f"{out}/final", *TINY]
+    train(build_parser().parse_args(args))
+    err = capsys.readouterr().err
+    assert "--steps 3 -> 4" in err and "--lr 0.002 -> 0.001" in err and f"--weights None -> '{weights}'" in err
+    assert f"--init {out}/final is ignored: the run resumes from {out}/train_state.pt" in err
+    # the saved state records the new arguments: resuming again with them warns of nothing
+    train(build_parser().parse_args([*args[: -len(TINY) - 2], *TINY]))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_resume_from_a_state_without_saved_arguments_still_works(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(build_parser().parse_args(["--out", str(out), "--steps", "2", *TINY]))
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    for key in ("args", "loss_ema", "tokens"):
+        del state[key]
+    torch.save(state, out / "train_state.pt")
+    train(build_parser().parse_args(["--out", str(out), "--steps", "3", "--lr", "1e-3", *TINY]))
+    assert "resumed" in capsys.readouterr().err
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["tokens"] > 0
+
+
+def test_another_seed_is_refused_naming_the_field(tmp_path):
+    train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "1", *TINY]))
+    with pytest.raises(ValueError, match=r"another model config: projection_seed \(--seed\): saved 0, got 1$"):
+        train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "2", "--seed", "1", *TINY]))
+
+
+def test_log_after_a_resume_goes_on_like_an_uninterrupted_run(tmp_path):
+    train(build_parser().parse_args(["--out", str(tmp_path / "a"), "--steps", "4", *TINY]))
+    train(build_parser().parse_args(["--out", str(tmp_path / "b"), "--steps", "2", "--save-every", "2", *TINY]))
+    train(build_parser().parse_args(["--out", str(tmp_path / "b"), "--steps", "4", *TINY]))
+    a, b = ([json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in "ab")
+    assert a[-1]["step"] == b[-1]["step"] == 4
+    assert (a[-1]["tokens"], a[-1]["loss_ema"]) == (b[-1]["tokens"], b[-1]["loss_ema"])
+    # resuming a finished run trains nothing and logs nothing more
+    train(build_parser().parse_args(["--out", str(tmp_path / "b"), "--steps", "4", *TINY]))
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == len(b)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--steps", "0", "expected an int >= 1, got 0"),
+        ("--steps", "-3", "expected an int >= 1, got -3"),
+        ("--save-every", "0", "expected an int >= 1, got 0"),
+        ("--eval-every", "-1", "expected an int >= 0, got -1"),
+        ("--threads", "0", "expected an int >= 1, got 0"),
+        ("--weights", "[1]", "expected a JSON object mapping tasks in"),
+        ("--weights", '{"direct": 0}', "numbers >= 0, not all 0, got"),
+        ("--weights", '{"foo": 1}', "got '{\"foo\": 1}'"),
+        ("--weights", '{"direct": -1, "scratchpad": 2}', "numbers >= 0"),
+        ("--weights", "{bad", "not JSON"),
+        ("--max-digits", "{bad", "not JSON"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_before_anything_is_written(tmp_path, capsys, option, value, expected):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--out", str(out), option, value, *TINY])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: expected " in err and expected in err
+    assert not out.exists()
+
+
+def test_cuda_without_a_gpu_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    expected = "argument --device: expected cpu, or cuda with a CUDA GPU present; got 'cuda', and "
+    expected += "torch.cuda.is_available() is False"
+    out = tmp_path / "run"
+    for argv in (["train", "--out", str(out), *TINY], ["train", "finetune", "--data", "d.jsonl", "--out", str(out)]):
+        with pytest.raises(SystemExit):
+            cli_main([*argv, "--device", "cuda"])
+        assert expected in capsys.readouterr().err
+        assert not out.exists()
+    args = build_parser().parse_args(["--out", str(out), *TINY])
+    args.device = "cuda"
+    with pytest.raises(ValueError, match=r"--device: expected cpu, or cuda with a CUDA GPU present"):
+        train(args)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b'{"text": "a"}\n{"text": "a"}\n\n{"text": b}\n',
+            r"bad\.jsonl line 4: expected a JSON object, got '\{\"text\": b\}'",
+        ),
+        (b"", r"bad\.jsonl: expected at least one document \(a JSON line\), got none"),
+        (b"\n  \n", r"bad\.jsonl: expected at least one document"),
+        (b'{"text": "a"}\n\xff\xfe{"text": "a"}\n', r"bad\.jsonl line 2: expected UTF-8 text, got byte 0xff"),
+    ],
+)
+def test_read_documents_names_the_file_and_line_of_any_bad_input(tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=expected):
+        read_documents(bad)
+    with pytest.raises(SystemExit):  # the command line: a usage error naming --data
+        cli_main(["train", "finetune", "--data", str(bad), "--out", str(tmp_path / "ft")])
+    assert "error: --data: read_documents: " in capsys.readouterr().err
+
+
+def test_batches_of_more_than_4096_documents_never_reuse_another_steps_problems(monkeypatch):
+    import types
+
+    import llmppl.models.train as train_module
+
+    seen = []
+    problem = types.SimpleNamespace(prompt="Q: 1+1\nA:", text="Q: 1+1\nA: 2\n")
+    monkeypatch.setattr(train_module.T, "sample_problem", lambda *a, index, **k: seen.append(index) or problem)
+    tok = ByteTokenizer()
+    for step in range(3):  # 24 bytes per direct document: 5000 documents a step
+        make_batch(step, seed=0, batch_tokens=24 * 5000, weights={"direct": 1}, tokenizer=tok)
+    assert len(seen) == 15000 and len(set(seen)) == 15000
+    seen.clear()  # up to 4096 documents the problems are those of the shipped recipe
+    make_batch(7, seed=0, batch_tokens=24 * 4096, weights={"direct": 1}, tokenizer=tok)
+    assert seen == [7 * 4096 + j for j in range(4096)]
+
+
+def test_progress_bars_are_tqdm_auto(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    made = []
+    real = tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **k: made.append(k.get("desc")) or real(*a, **k))
+    train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "1", *TINY]))
+    fine_tune(PerformerLM(PerformerConfig.tiny()), ["hi"], steps=1)
+    assert made == [None, "fine-tune"]
