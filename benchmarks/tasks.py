@@ -18,7 +18,7 @@ import time
 import torch
 
 from llmppl.models import load_pretrained
-from llmppl.models.train import _greedy, _problems, evaluate
+from llmppl.models.train import _balanced_facts, _greedy, _problems, evaluate
 
 # (metric, what it measures, target from the issue or None for "report")
 ROWS = [
@@ -34,9 +34,23 @@ ROWS = [
     ("calculator_answer", "calculator: answer given the result", 0.98),
     ("si_step", "selection-inference: single steps valid", 0.90),
     ("si_answer", "selection-inference: final answer after gold steps", None),
-    ("twenty_answerer", "twenty questions: answerer (held-out phrasings)", 0.95),
+    ("twenty_answerer", "twenty questions: answerer (held-out phrasings, balanced accuracy)", 0.95),
     ("twenty_questioner", "twenty questions: questioner's next move = policy", None),
 ]
+
+
+def row_size(metric: str, n: int, seed: int = 1234) -> int:
+    """How many distinct problems ``evaluate(metric, n)`` scores (fewer than ``n`` where the
+    held-out split has fewer, e.g. 2-digit additions or twenty-questions openings)."""
+    kind, _, arg = metric.partition("_")
+    if kind in ("scratchpad", "direct") and arg.isdigit():
+        return len(_problems(kind, n, seed, digits=int(arg)))
+    if metric == "twenty_answerer":
+        return len(_balanced_facts(n, seed))
+    task = {"si_answer": "selection_inference", "si_step": None}.get(metric, metric.split("_")[0])
+    if metric == "twenty_questioner":
+        task = "twenty_questioner"
+    return n if task is None else len(_problems(task, n, seed))
 
 
 def verifier_by_kind(lm, n: int, *, seed: int = 1234, batch: int = 125) -> dict[str, tuple[int, int]]:
@@ -109,7 +123,7 @@ def main(argv=None) -> int:
         for kind, (right, total) in sorted(said.items()):
             print(f"| {kind} | {total} | {right / total:.1%} | {agree[kind][0] / total:.1%} |")
         return 0
-    print("| task | accuracy | target | met | seconds |\n|---|---|---|---|---|")
+    print("| task | accuracy | distinct problems | target | met | seconds |\n|---|---|---|---|---|---|")
     for metric, label, target in ROWS:
         if args.only and metric not in args.only:
             continue
@@ -117,7 +131,8 @@ def main(argv=None) -> int:
         acc = evaluate(lm, metric, args.n, batch=args.batch)
         met = "" if target is None else ("yes" if acc >= target else "**no**")
         tgt = "report" if target is None else f">= {target:.0%}"
-        print(f"| {label} | {acc:.1%} | {tgt} | {met} | {time.perf_counter() - t0:.0f} |", flush=True)
+        size = row_size(metric, args.n)
+        print(f"| {label} | {acc:.1%} | {size} | {tgt} | {met} | {time.perf_counter() - t0:.0f} |", flush=True)
     return 0
 
 

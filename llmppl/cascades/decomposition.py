@@ -17,7 +17,10 @@ addition the way one does it by hand, in blocks:
    digits past the block's width (the program reads the string's length);
 5. the answer is the blocks' digits joined (a ``Delta`` site ``answer``).
 
-Every digit of the answer comes from an LM sample; the program only cuts and pastes. With
+Every digit the LM writes is an LM sample; the program only cuts and pastes, and pads a
+block's sum with leading zeros to the block's width (``0046`` for an LM's ``46``, the
+operands' zeros having been dropped from the question, which the training format writes
+without them). With
 :class:`~llmppl.inference.SMC`, the particles are resampled at each verifier observation,
 so a wrong block is usually dropped before the next one is written.
 

@@ -96,7 +96,10 @@ def star_pair(document: str) -> tuple[str, str]:
 
 
 def addition_problems(n: int, digits, *, split: str, seed: int = 0, start: int = 0) -> list[tuple[str, str]]:
-    """``n`` additions ``("a+b", "sum")`` of ``split`` (``"train"`` or ``"test"``, never overlapping).
+    """``n`` distinct additions ``("a+b", "sum")`` of ``split`` (``"train"`` or ``"test"``, never overlapping).
+
+    Drawn in a seeded order, repeats skipped: a ``ValueError`` when the split has fewer than
+    ``n`` of that length (one digit: 4 held-out pairs of 100).
 
     :param digits: operand length, or a list of lengths used in turn.
 
@@ -104,10 +107,24 @@ def addition_problems(n: int, digits, *, split: str, seed: int = 0, start: int =
     [('5+8', '13'), ('15+66', '81')]
     """
     lengths = [digits] if isinstance(digits, int) else list(digits)
-    out = []
-    for i in range(start, start + n):
-        p = tasks.sample_problem("scratchpad", split=split, seed=seed, index=i, digits=lengths[i % len(lengths)])
-        out.append((f"{p.meta['a']}+{p.meta['b']}", p.target))
+    out, seen = [], set()
+    i = start
+    misses = 0
+    while len(out) < n:
+        d = lengths[len(out) % len(lengths)]
+        p = tasks.sample_problem("scratchpad", split=split, seed=seed, index=i, digits=d)
+        i += 1
+        q = f"{p.meta['a']}+{p.meta['b']}"
+        if q in seen:
+            misses += 1
+            if misses > 1000 + 20 * n:
+                raise ValueError(
+                    f"addition_problems: n: expected at most the distinct {split}-split additions of "
+                    f"{lengths} digits, got n={n}; {len(out)} found"
+                )
+            continue
+        seen.add(q)
+        out.append((q, p.target))
     return out
 
 

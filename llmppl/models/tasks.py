@@ -528,6 +528,24 @@ def _twenty_answerer(rng, split, digits=None, label=None):
     return Problem("twenty_answerer", f"{prompt} {answer}\n", prompt, answer, {"object": obj, "attribute": attr})
 
 
+def held_out_facts() -> list[Problem]:
+    """Every held-out answerer problem once: each (object, attribute) pair in its held-out phrasing.
+
+    >>> facts = held_out_facts()
+    >>> len(facts) == len(KNOWLEDGE_BASE) * len(_ATTR_ORDER), facts[0].task
+    (True, 'twenty_answerer')
+    """
+    out = []
+    for obj, attrs in KNOWLEDGE_BASE.items():
+        for attr in _ATTR_ORDER:
+            question = _QUESTIONS[attr][_held_out_phrasing(obj, attr)]
+            answer = "yes" if attrs[attr] else "no"
+            prompt = f"Object: {obj}. Q: {question} A:"
+            meta = {"object": obj, "attribute": attr}
+            out.append(Problem("twenty_answerer", f"{prompt} {answer}\n", prompt, answer, meta))
+    return out
+
+
 def questioner_policy(history: list[tuple[str, bool]]) -> tuple[str, str]:
     """The questioner's next move given ``(attribute, answer)`` pairs: ``("ask", attr)`` or ``("guess", obj)``.
 

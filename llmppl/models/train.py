@@ -212,7 +212,27 @@ def _greedy(model, prompts, max_tokens, batch=64, stop="\n"):
 
 
 def _problems(task, n, seed, **kw):
-    return [T.sample_problem(task, split="test", seed=seed, index=i, **kw) for i in range(n)]
+    """``n`` held-out problems with distinct prompts (fewer when the split has fewer)."""
+    out, seen, i = [], set(), 0
+    while len(out) < n and i < 50 * n + 1000:
+        p = T.sample_problem(task, split="test", seed=seed, index=i, **kw)
+        i += 1
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            out.append(p)
+    return out
+
+
+def _balanced_facts(n: int, seed: int) -> list:
+    """Up to ``n`` distinct held-out answerer facts, half "yes" where there are enough."""
+    rng = random.Random(f"twenty_answerer:{seed}")
+    facts = T.held_out_facts()
+    yes = [p for p in facts if p.target == "yes"]
+    no = [p for p in facts if p.target == "no"]
+    rng.shuffle(yes)
+    rng.shuffle(no)
+    k_yes = min(len(yes), (n + 1) // 2)
+    return yes[:k_yes] + no[: min(len(no), n - k_yes)]
 
 
 def evaluate(model: PerformerLM, metric: str, n: int = 100, *, seed: int = 1234, batch: int = 64) -> float:
@@ -222,8 +242,10 @@ def evaluate(model: PerformerLM, metric: str, n: int = 100, *, seed: int = 1234,
     scratchpad runs as the two-step cascade: work up to the newline, then the answer),
     ``verifier``, ``calculator_call`` (well-formed call exactly as expected),
     ``calculator_answer`` (answer given the tool's result), ``si_step`` (single
-    Select/Infer steps valid, from gold prefixes), ``si_answer``, ``twenty_answerer``,
-    ``twenty_questioner`` (the policy's next question or guess).
+    Select/Infer steps valid, from gold prefixes), ``si_answer``, ``twenty_answerer``
+    (balanced accuracy, the mean of the "yes" and the "no" facts' accuracies, over distinct
+    held-out facts), ``twenty_questioner`` (the policy's next question or guess). Every
+    metric uses distinct prompts; where the split has fewer than ``n``, all of them.
 
     >>> lm = PerformerLM(PerformerConfig.tiny())
     >>> 0.0 <= evaluate(lm, "direct_2", n=2) <= 1.0
@@ -239,29 +261,37 @@ def evaluate(model: PerformerLM, metric: str, n: int = 100, *, seed: int = 1234,
         else:
             works = _greedy(model, [p.prompt for p in probs], 14 * d + 8, batch)
             answers = _greedy(model, [f"{p.prompt}{w}\nA:" for p, w in zip(probs, works, strict=True)], d + 4, batch)
-        return sum(a.strip() == p.target for a, p in zip(answers, probs, strict=True)) / n
-    if metric in ("verifier", "twenty_answerer", "si_answer"):
+        return sum(a.strip() == p.target for a, p in zip(answers, probs, strict=True)) / len(probs)
+    if metric == "twenty_answerer":
+        probs = _balanced_facts(n, seed)
+        answers = _greedy(model, [p.prompt for p in probs], 6, batch)
+        right = {"yes": [], "no": []}
+        for a, p in zip(answers, probs, strict=True):
+            right[p.target].append(a.strip() == p.target)
+        rates = [sum(r) / len(r) for r in right.values() if r]
+        return sum(rates) / len(rates)
+    if metric in ("verifier", "si_answer"):
         task = {"si_answer": "selection_inference"}.get(metric, metric)
         probs = _problems(task, n, seed)
         prompts = [p.prompt + ("A:" if task == "selection_inference" else "") for p in probs]
         if task == "selection_inference":  # the answer after the gold steps
             prompts = [p.text[: p.text.rindex("A:") + 2] for p in probs]
         answers = _greedy(model, prompts, 6, batch)
-        return sum(a.strip() == p.target for a, p in zip(answers, probs, strict=True)) / n
+        return sum(a.strip() == p.target for a, p in zip(answers, probs, strict=True)) / len(probs)
     if metric == "calculator_call":
         probs = _problems("calculator", n, seed)
         calls = _greedy(model, [p.prompt for p in probs], 40, batch)
-        return sum(c.strip() == p.target for c, p in zip(calls, probs, strict=True)) / n
+        return sum(c.strip() == p.target for c, p in zip(calls, probs, strict=True)) / len(probs)
     if metric == "calculator_answer":
         probs = _problems("calculator", n, seed)
         prompts = [p.text[: p.text.rindex("A:") + 2] for p in probs]
         answers = _greedy(model, prompts, 16, batch)
-        return sum(a.strip() == p.meta["result"] for a, p in zip(answers, probs, strict=True)) / n
+        return sum(a.strip() == p.meta["result"] for a, p in zip(answers, probs, strict=True)) / len(probs)
     if metric == "twenty_questioner":
         probs = _problems("twenty_questioner", n, seed)
         # the move ends where the answerer's turn begins, as in cascades.twenty_questions
         moves = _greedy(model, [p.prompt for p in probs], 40, batch, stop=[" A:", "\n"])
-        return sum(m.strip() == p.target for m, p in zip(moves, probs, strict=True)) / n
+        return sum(m.strip() == p.target for m, p in zip(moves, probs, strict=True)) / len(probs)
     if metric == "si_step":
         cases = []  # (problem, known, prompt)
         i = 0

@@ -193,3 +193,12 @@ def test_problems_must_be_question_answer_strings(lm, problems):
         star_rationales(problems, model=lm, max_attempts=1)
     with pytest.raises(TypeError, match=r"accuracy: problems: expected"):
         accuracy(problems, model=lm)
+
+
+def test_addition_problems_are_distinct_or_a_clear_error():
+    from llmppl.cascades.star import addition_problems
+
+    probs = addition_problems(100, 2, split="test")
+    assert len(set(probs)) == 100
+    with pytest.raises(ValueError, match="distinct test-split additions"):
+        addition_problems(10, 1, split="test")  # 4 held-out pairs of one digit exist

@@ -369,3 +369,17 @@ def test_progress_bars_are_tqdm_auto(tmp_path, monkeypatch):
     train(build_parser().parse_args(["--out", str(tmp_path), "--steps", "1", *TINY]))
     fine_tune(PerformerLM(PerformerConfig.tiny()), ["hi"], steps=1)
     assert made == [None, "fine-tune"]
+
+
+def test_evaluation_problems_are_distinct_and_the_answerer_balanced():
+    from llmppl.models import tasks as T
+    from llmppl.models.train import _balanced_facts, _problems
+
+    probs = _problems("twenty_questioner", 100, 1234)
+    assert len({p.prompt for p in probs}) == len(probs) == 100
+    assert len(_problems("direct", 600, 1234, digits=2)) <= 502  # the held-out 2-digit pairs
+    facts = _balanced_facts(500, 1234)
+    assert len({p.prompt for p in facts}) == len(facts) == 500
+    assert sum(p.target == "yes" for p in facts) == sum(p.target == "yes" for p in T.held_out_facts())  # all 125
+    phrasing = {(p.meta["object"], p.meta["attribute"]): p.prompt for p in T.held_out_facts()}
+    assert all(phrasing[p.meta["object"], p.meta["attribute"]] == p.prompt for p in facts)
