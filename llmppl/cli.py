@@ -132,10 +132,11 @@ def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, 
         if value < 1:
             raise ValueError(f"demo: {name}: expected >= 1, got {value}")
     os.makedirs(out, exist_ok=True)  # before the long run: fail now if a file is in the way
+    asked = {d: addition.held_out_additions(problems, d, seed=seed) for d in digits}  # too few: a ValueError now
     lm = llmppl.load_pretrained()
     results: dict = {}
     for d in digits:
-        questions = addition.held_out_additions(problems, d, seed=seed)
+        questions = asked[d]
         rows = addition.compare(lm, questions, METHODS, digits=d, seed=seed, particles=particles, progress=True)
         results[d] = {m: (r["accuracy"], r["seconds"]) for m, r in rows.items()}
     graph_file = os.path.join(out, "verifier_graph.svg")
@@ -223,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if rest:
         parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "star":
-        star(args)
-        return 0
-    demo(args.problems, args.digits, args.particles, args.seed, args.out)
+    try:
+        if args.command == "star":
+            star(args)
+        else:
+            demo(args.problems, args.digits, args.particles, args.seed, args.out)
+    except ValueError as err:  # an impossible size (more held-out problems than exist): a usage error
+        if "addition_problems" not in str(err):
+            raise
+        parser.subcommands[args.command].error(str(err))
     return 0
 
 

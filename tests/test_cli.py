@@ -102,3 +102,10 @@ def test_extra_arguments_show_the_command_usage(capsys):
 def test_demo_rejects_bad_digits():
     with pytest.raises(ValueError, match="digits"):
         cli.demo(digits=[0])
+
+
+def test_more_problems_than_the_split_holds_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--digits", "1", "--problems", "12", "--out", str(tmp_path / "d")])
+    assert exc.value.code == 2
+    assert "4 found" in capsys.readouterr().err
