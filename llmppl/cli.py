@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; ``train`` forwards its remaining arguments.
 
     ``parser.subcommands`` maps each command to its parser (for its usage errors).
+
+    >>> parser = build_parser()
+    >>> sorted(parser.subcommands)
+    ['demo', 'star', 'train']
+    >>> args = parser.parse_args(["demo", "--digits", "3", "4"])
+    >>> args.command, args.digits, args.problems
+    ('demo', [3, 4], 12)
     """
     parser = argparse.ArgumentParser(
         prog="llmppl", description="Language-model calls as Pyro distributions over strings."
@@ -121,7 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 def demo(problems: int = 12, digits=(5, 8), particles: int = 12, seed: int = 0, out: str = "build/demo") -> dict:
     """Run the demo; returns ``{digits: {method: (accuracy, seconds)}}`` and prints a table.
 
-    The methods are :data:`METHODS`, run by :func:`llmppl.cascades.addition.compare`.
+    The methods are :data:`METHODS`, run by :func:`llmppl.cascades.addition.compare`. The sizes
+    are checked before anything is loaded or run:
+
+    >>> demo(problems=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: demo: problems: expected >= 1, got 0
     """
     import pyro
 
@@ -214,7 +227,24 @@ def _pyro_seed(seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    A usage error exits with status 2 and names the command and the option on stderr;
+    ``train ...`` is forwarded to :func:`llmppl.models.train.main`.
+
+    >>> import contextlib, io
+    >>> def usage_error(argv):
+    ...     err = io.StringIO()
+    ...     with contextlib.redirect_stderr(err):
+    ...         try:
+    ...             main(argv)
+    ...         except SystemExit as stop:
+    ...             return stop.code, err.getvalue().splitlines()[-1]
+    >>> usage_error(["demo", "--problems", "0"])
+    (2, 'llmppl demo: error: argument --problems: expected a positive integer, got 0')
+    >>> usage_error(["train"])
+    (2, 'llmppl train: error: the following arguments are required: --out')
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

@@ -32,6 +32,14 @@ def self_consistency(question: str, *, model=None, num_samples: int = 16, **scra
     :param int num_samples: sampled thoughts.
     :param scratchpad_kwargs: passed to :func:`~llmppl.cascades.scratchpads.scratchpad` (e.g. ``style=``).
     :returns: ``(answer, posterior)``; the answer with surrounding whitespace stripped.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> answer, post = self_consistency("1+2", model=ToyLM(alphabet=string.printable), num_samples=3,
+    ...                                 max_work_tokens=3, max_answer_tokens=2)
+    >>> answer == next(iter(answer_probs(post.marginal("answer")))), post.num_particles
+    (True, 3)
     """
     post = llmppl.infer.Importance(scratchpad, num_samples=num_samples, progress=False).run(
         question, model=model, **scratchpad_kwargs
@@ -56,6 +64,13 @@ def run_example(
     :returns: ``{"question", "answer", "answers", "posterior", "num_thoughts"}``:
         the mode, the answer distribution (sums to 1), the posterior and the number of
         distinct thoughts sampled.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("1+2", model=ToyLM(alphabet=string.printable), num_particles=2, max_work_tokens=3,
+    ...                   max_answer_tokens=2)
+    >>> sorted(out), round(sum(out["answers"].values()), 6), 1 <= out["num_thoughts"] <= 2
+    (['answer', 'answers', 'num_thoughts', 'posterior', 'question'], 1.0, True)
     """
     seed_everything(seed)
     answer, post = self_consistency(

@@ -149,6 +149,12 @@ def run_example(
     """SMC on :func:`long_addition` for one question (default: an 8-digit one).
 
     :returns: ``{"question", "answer", "answers", "posterior"}``.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("123+45", model=ToyLM(alphabet=string.printable), block=2, num_particles=2)
+    >>> sorted(out), out["answer"] in out["answers"], out["posterior"].num_particles
+    (['answer', 'answers', 'posterior', 'question'], True, 2)
     """
     seed_everything(seed)
     lm = example_model(model)

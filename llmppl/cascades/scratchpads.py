@@ -98,6 +98,14 @@ def scratchpad(
     :param float temperature: sampling temperature of both sites.
     :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> tr = pyro.poutine.trace(scratchpad).get_trace(
+    ...     "1+2", model=ToyLM(alphabet=string.printable), max_work_tokens=3, max_answer_tokens=2)
+    >>> [n for n in tr.nodes if not n.startswith("_")], tr.nodes["_RETURN"]["value"] == tr.nodes["answer"]["value"]
+    (['work', 'answer'], True)
     """
     check_str(question, "scratchpad", "question")
     style = resolve_style(style, model)
@@ -134,6 +142,13 @@ def run_example(
     :returns: ``{"question", "posterior", "sample", "answer", "answers"}``: the
         :class:`~llmppl.inference.Posterior`, one sampled trace's answer, the mode of the
         answer marginal and the (whitespace-stripped) answer distribution.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("1+2", model=ToyLM(alphabet=string.printable), num_particles=2, max_work_tokens=3,
+    ...                   max_answer_tokens=2)
+    >>> sorted(out), out["answer"] == next(iter(out["answers"])), out["posterior"].num_particles
+    (['answer', 'answers', 'posterior', 'question', 'sample'], True, 2)
     """
     seed_everything(seed)
     lm = example_model(model)

@@ -69,6 +69,19 @@ def selection_inference(
     :param inference_style: the same for ``inference_model`` (default: ``style`` when the
         inference LM is ``model``, else its default style).
     :returns: the answer string (``"yes"``/``"no"`` for a trained model).
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> lm = ToyLM(alphabet=string.printable)
+    >>> pyro.set_rng_seed(0)
+    >>> problem = problem_prompt("Ann is red.", "If red then kind. If kind then happy.", "Is Ann happy?")
+    >>> tr = pyro.poutine.trace(selection_inference).get_trace(problem, k=2, model=lm, max_step_tokens=3)
+    >>> [n for n in tr.nodes if not n.startswith("_")]
+    ['select_0', 'infer_0', 'select_1', 'infer_1', 'answer']
+    >>> selection_inference(problem, k=-1, model=lm)
+    Traceback (most recent call last):
+    ...
+    ValueError: selection_inference: k: expected an int >= 0, got -1
     """
     check_str(problem, "selection_inference", "problem")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
@@ -121,6 +134,14 @@ def run_example(
     :returns: ``{"prompt", "k", "target", "answer", "answers", "valid_steps", "posterior"}``;
         ``valid_steps`` says, for the most probable particle, whether each step is valid
         (:func:`llmppl.models.tasks.check_selection_step`).
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example(model=ToyLM(alphabet=string.printable), num_particles=2, k=1, max_step_tokens=3)
+    >>> sorted(out)
+    ['answer', 'answers', 'k', 'posterior', 'prompt', 'target', 'valid_steps']
+    >>> out["k"], len(out["valid_steps"]), out["target"] in ("yes", "no"), out["prompt"].startswith("Facts: ")
+    (1, 1, True, True)
     """
     seed_everything(seed)
     problem = _example_problem(seed, index)

@@ -149,6 +149,15 @@ def star_rationales(
     :param style: the scratchpad's :class:`~llmppl.cascades.prompts.PromptStyle` (default:
         the model's); the documents never include its prefix.
     :returns: distinct training documents (see :func:`star_document`), in problem order.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> stats = {}
+    >>> docs = star_rationales([("1+1", "2"), ("2+2", "4")], model=ToyLM(alphabet=string.printable),
+    ...                        num_rationales=1, max_attempts=3, max_work_tokens=2, stats=stats)
+    >>> isinstance(docs, list), len(docs) <= 2, list(stats), sorted(stats["1+1", "2"])
+    (True, True, [('1+1', '2'), ('2+2', '4')], ['attempts', 'solved'])
     """
     problems = check_pairs(problems, "star_rationales", "problems")
     style = resolve_style(style, model)
@@ -397,6 +406,13 @@ def run_example(
     :param model: a language model; default: the shipped Performer checkpoint.
     :param int num_particles: accepted rationales wanted per problem.
     :returns: ``{"problems", "documents", "stats"}``.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example(model=ToyLM(alphabet=string.printable), num_problems=1, num_particles=1, max_attempts=2,
+    ...                   digits=1, max_work_tokens=3)
+    >>> sorted(out), len(out["problems"]), list(out["stats"]) == out["problems"]
+    (['documents', 'problems', 'stats'], 1, True)
     """
     seed_everything(seed)
     problems = addition_problems(num_problems, digits, split="train", seed=seed)

@@ -58,7 +58,16 @@ _CALL = re.compile(r"calc\((.*)\)")
 
 
 class ToolError(ValueError):
-    """The calculator refused an expression (not integers with ``+ - *``, or too large)."""
+    """The calculator refused an expression (not integers with ``+ - *``, or too large).
+
+    A ``ValueError``; :func:`safe_calculator` turns it into the result ``"error"``.
+
+    >>> try:
+    ...     parse_call("12*3")
+    ... except ToolError as err:
+    ...     print(isinstance(err, ValueError), err)
+    True parse_call: expected 'calc(<expression>)', got '12*3'
+    """
 
 
 def _eval_node(node: ast.AST) -> int:
@@ -169,6 +178,15 @@ def tool_use(
     :param model: the language model (default: ``llmppl.use_model``'s).
     :param style: a :class:`~llmppl.cascades.prompts.PromptStyle` (default: the model's).
     :returns: the answer string.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> given_call = pyro.condition(tool_use, data={"call": "calc(2+3)"})
+    >>> tr = pyro.poutine.trace(given_call).get_trace(
+    ...     "What is 2 plus 3?", model=ToyLM(alphabet=string.printable), max_answer_tokens=2)
+    >>> tr.nodes["result"]["value"], isinstance(tr.nodes["answer"]["value"], str)
+    ('5', True)
     """
     check_str(question, "tool_use", "question")
     style = resolve_style(style, model)
@@ -195,6 +213,13 @@ def run_example(
     :param model: a language model; default: the shipped Performer checkpoint.
     :returns: ``{"question", "answer", "answers", "calls", "posterior"}``; ``calls`` maps
         each sampled call to the tool's result.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("What is 2 plus 3?", model=ToyLM(alphabet=string.printable), num_particles=2,
+    ...                   max_call_tokens=4, max_answer_tokens=2)
+    >>> sorted(out), all(result == safe_calculator(call) for call, result in out["calls"].items())
+    (['answer', 'answers', 'calls', 'posterior', 'question'], True)
     """
     seed_everything(seed)
     lm = example_model(model)

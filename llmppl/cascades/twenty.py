@@ -109,6 +109,15 @@ def twenty_questions(
     :param answerer_style: the answerer's, e.g. a prefix of ``Object: ... A: yes`` lines
         (default: the answerer model's). Transcripts hold answers without the leading space
         a BPE answerer writes.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> tr = pyro.poutine.trace(twenty_questions).get_trace(
+    ...     [("Can it fly?", "no")], model=ToyLM(alphabet=string.printable), objects=["dog", "eagle"],
+    ...     answerer_top_k=None)
+    >>> [n for n in tr.nodes if not n.startswith("_")], tr.nodes["_RETURN"]["value"] in ("dog", "eagle")
+    (['object', 'question_0', 'answer_0'], True)
     """
     if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
         raise ValueError(f"twenty_questions: max_turns: expected an int >= 1, got {max_turns!r}")
@@ -162,6 +171,18 @@ def play(hidden_object: str, **game_kwargs) -> dict:
     :param game_kwargs: passed to :func:`twenty_questions` (not ``transcript``).
     :returns: ``{"object", "transcript", "guess", "turns"}``; ``guess`` is ``None`` when the
         questioner never guessed.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> game = play("dog", model=ToyLM(alphabet=string.printable), objects=["cat", "dog"], max_turns=2,
+    ...             max_question_tokens=4)
+    >>> sorted(game), game["turns"] == len(game["transcript"]) <= 2
+    (['guess', 'object', 'transcript', 'turns'], True)
+    >>> play("cow", objects=["cat", "dog"])
+    Traceback (most recent call last):
+    ...
+    ValueError: play: hidden_object: expected one of objects (cat, dog), got 'cow'
     """
     objects = check_strings(game_kwargs.get("objects", OBJECTS), "play", "objects")
     if check_str(hidden_object, "play", "hidden_object") not in objects:
@@ -244,6 +265,14 @@ def infer_object(transcript: Sequence[tuple[str, str]], *, num_particles: int = 
 
     :returns: ``(probs, posterior)``: object -> probability (sums to 1) and the
         :class:`~llmppl.inference.Posterior`.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> pyro.set_rng_seed(0)
+    >>> probs, post = infer_object([("Can it fly?", "no")], num_particles=8, model=ToyLM(alphabet=string.printable),
+    ...                            objects=["dog", "eagle"], answerer_top_k=None)
+    >>> set(probs) <= {"dog", "eagle"}, round(sum(probs.values()), 6), post.num_particles
+    (True, 1.0, 8)
     """
     post = llmppl.infer.Importance(twenty_questions, num_samples=num_particles, progress=False).run(
         list(transcript), **game_kwargs
@@ -268,6 +297,15 @@ def run_example(
     :param model: questioner and answerer; default: the shipped Performer checkpoint.
     :returns: ``{"object", "transcript", "guess", "turns", "posterior", "map_object", "log_evidence"}``;
         ``posterior`` maps objects to probabilities.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("cat", model=ToyLM(alphabet=string.printable), objects=["cat", "dog"], num_particles=16,
+    ...                   max_turns=2, max_question_tokens=4)
+    >>> sorted(out)
+    ['guess', 'log_evidence', 'map_object', 'object', 'posterior', 'transcript', 'turns']
+    >>> out["object"], out["map_object"] in ("cat", "dog"), round(sum(out["posterior"].values()), 6)
+    ('cat', True, 1.0)
     """
     seed_everything(seed)
     kwargs = {

@@ -86,6 +86,19 @@ def verified_scratchpad(
         (default: ``style`` without its prefix when the verifier is ``model``, else the
         verifier's default style). The evidence is the verifier writing ``"yes"``.
     :returns: the answer string.
+
+    >>> import string, pyro
+    >>> from llmppl.models import ToyLM
+    >>> lm = ToyLM(alphabet=string.printable)
+    >>> pyro.set_rng_seed(0)
+    >>> tr = pyro.poutine.trace(verified_scratchpad).get_trace(
+    ...     "1+2", model=lm, mode="factor", beta=0.5, max_work_tokens=2, max_answer_tokens=2)
+    >>> float(tr.nodes["verified"]["fn"].log_factor) <= 0  # beta * log p_ver("yes")
+    True
+    >>> verified_scratchpad("1+2", model=lm, mode="vote")
+    Traceback (most recent call last):
+    ...
+    ValueError: verified_scratchpad: mode: expected one of ('observe', 'factor'), got 'vote'
     """
     check_str(question, "verified_scratchpad", "question")
     if mode not in MODES:
@@ -142,6 +155,15 @@ def run_example(
     :param int max_attempts: for ``"rejection"``.
     :param style: prompts of the generator; ``verifier_style``: of the verifier (see :func:`verified_scratchpad`).
     :returns: ``{"question", "answer", "answers", "posterior", "algorithm", "mode"}``.
+
+    >>> import string
+    >>> from llmppl.models import ToyLM
+    >>> out = run_example("1+2", model=ToyLM(alphabet=string.printable), num_particles=2, algorithm="importance",
+    ...                   max_work_tokens=2, max_answer_tokens=2)
+    >>> sorted(out)
+    ['algorithm', 'answer', 'answers', 'mode', 'posterior', 'question']
+    >>> out["algorithm"], out["mode"], out["answer"] == next(iter(out["answers"]))
+    ('importance', 'observe', True)
     """
     seed_everything(seed)
     lm = example_model(model)

@@ -41,7 +41,17 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not match its config or holds non-finite weights."""
+    """A checkpoint that does not match its config or holds non-finite weights.
+
+    A ``ValueError``, raised e.g. by :meth:`PerformerConfig.from_dict` and
+    :meth:`PerformerLM.from_pretrained`.
+
+    >>> try:
+    ...     PerformerConfig.from_dict({"d_model": 32, "width": 8})
+    ... except CheckpointError as err:
+    ...     print(isinstance(err, ValueError), str(err)[:56])
+    True PerformerConfig: unknown config keys ['width']; expected
+    """
 
 
 @dataclass

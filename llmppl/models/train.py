@@ -398,7 +398,12 @@ def _parse_weights(text: str | None) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m llmppl.models.train``."""
+    """The command line of ``python -m llmppl.models.train``.
+
+    >>> args = build_parser().parse_args(["--out", "runs/x", "--d-model", "64", "--weights", '{"scratchpad": 1}'])
+    >>> args.out, args.d_model, args.weights, args.device, args.init
+    ('runs/x', 64, '{"scratchpad": 1}', 'cpu', None)
+    """
     positive, non_negative = _int_at_least(1), _int_at_least(0)
     p = argparse.ArgumentParser(prog="llmppl train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder: checkpoints, log, final weights")
@@ -980,7 +985,23 @@ def finetune_main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m llmppl.models.train`` and ``llmppl train``; ``finetune ...`` fine-tunes."""
+    """Entry point of ``python -m llmppl.models.train`` and ``llmppl train``; ``finetune ...`` fine-tunes.
+
+    Returns the exit status; a usage error exits with status 2 and names the option on stderr.
+
+    >>> import contextlib, io
+    >>> def usage_error(argv):
+    ...     err = io.StringIO()
+    ...     with contextlib.redirect_stderr(err):
+    ...         try:
+    ...             main(argv)
+    ...         except SystemExit as stop:
+    ...             return stop.code, err.getvalue().splitlines()[-1]
+    >>> usage_error(["--out", "runs/x", "--steps", "0"])
+    (2, 'llmppl train: error: argument --steps: expected an int >= 1, got 0')
+    >>> usage_error(["finetune", "--out", "runs/ft"])
+    (2, 'llmppl train finetune: error: the following arguments are required: --data')
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "finetune":
         return finetune_main(argv[1:])
