@@ -15,24 +15,11 @@ import argparse
 import os
 import sys
 
+from .models.train import _int_at_least
+
 __all__ = ["build_parser", "demo", "main", "star"]
 
 METHODS = ("direct", "scratchpad", "self-consistency", "verifier+SMC", "tool use", "by blocks+SMC")  # the demo's
-
-
-def _positive_int(text: str) -> int:
-    """An argparse ``type``: an int ``>= 1`` (argparse names the option in its usage error).
-
-    >>> _positive_int("3")
-    3
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _folder(text: str) -> str:
@@ -64,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmppl", description="Language-model calls as Pyro distributions over strings."
     )
-    positive = _positive_int
+    positive = _int_at_least(1)  # an argparse type: argparse names the option in its usage error
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "train",
@@ -241,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ...         except SystemExit as stop:
     ...             return stop.code, err.getvalue().splitlines()[-1]
     >>> usage_error(["demo", "--problems", "0"])
-    (2, 'llmppl demo: error: argument --problems: expected a positive integer, got 0')
+    (2, 'llmppl demo: error: argument --problems: expected an int >= 1, got 0')
     >>> usage_error(["train"])
     (2, 'llmppl train: error: the following arguments are required: --out')
     """

@@ -73,7 +73,7 @@ def test_bad_sizes_are_usage_errors_naming_the_option(argv, option, capsys, monk
         cli.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"usage: llmppl {argv[0]}" in err and f"argument {option}" in err and "positive integer" in err
+    assert f"usage: llmppl {argv[0]}" in err and f"argument {option}" in err and "expected an int >= 1" in err
 
 
 def test_out_in_the_way_is_caught_before_the_run(tmp_path, capsys, monkeypatch):

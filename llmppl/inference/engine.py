@@ -136,9 +136,10 @@ def _strings(stop: Stop) -> int:
     return 1 if stop.shape is None else stop.shape.numel()
 
 
-def _unflatten(stops: list[Stop], flat: list) -> list:
+def _unflatten(stops: list[Stop], flat: list, *, log_probs: bool) -> list:
     """Per stop, its item of ``flat`` (one per string, in order): the item itself for a plain
-    site; for a site inside a vectorised plate, the list of texts or the tensor of log-probs."""
+    site; for a site inside a vectorised plate, the list of texts, or with ``log_probs`` the
+    tensor of the plate's shape."""
     out, k = [], 0
     for s in stops:
         n = _strings(s)
@@ -146,10 +147,10 @@ def _unflatten(stops: list[Stop], flat: list) -> list:
         k += n
         if s.shape is None:
             out.append(part[0])
-        elif part and isinstance(part[0], str):
-            out.append(list(part))
-        else:
+        elif log_probs:
             out.append(torch.tensor(part, dtype=torch.float64).reshape(s.shape))
+        else:
+            out.append(list(part))
     return out
 
 
@@ -469,7 +470,7 @@ class Engine:
                 _add_note(err, f"llmppl.infer: raised while scoring site(s) {names} in one batch of {len(idx)}")
                 raise
             self.num_score_calls += 1
-            for i, s, lp in zip(idx, stops, _unflatten(stops, flat), strict=True):
+            for i, s, lp in zip(idx, stops, _unflatten(stops, flat, log_probs=True), strict=True):
                 p = particles[i]
                 p.scores[s.name] = lp
                 p.stop = None
@@ -512,8 +513,8 @@ class Engine:
                 _add_note(err, f"llmppl.infer: raised while sampling site(s) {names} in one batch of {len(idx)}")
                 raise
             self.num_sample_calls += 1
-            texts = _unflatten(stops, [c.text for c in completions])
-            scores = _unflatten(stops, [c.log_prob for c in completions])
+            texts = _unflatten(stops, [c.text for c in completions], log_probs=False)
+            scores = _unflatten(stops, [c.log_prob for c in completions], log_probs=True)
             for i, s, text, lp in zip(idx, stops, texts, scores, strict=True):
                 p = particles[i]
                 p.values[s.name] = text

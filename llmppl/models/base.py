@@ -599,13 +599,12 @@ class LanguageModel:
         eos = self.tokenizer.eos_id
         # Exact log-probs come from the sampling pass itself where the sampled path is the
         # value's canonical path and every stop string is one token: keep, per sequence, the
-        # running path log-prob and the log-probs of EOS and the stop tokens at every step.
-        stop_ids = {s: self._encode_value(s) for s in stops}
+        # running path log-prob and the log-probs of EOS and of every token that starts with
+        # a stop (" the" under " ") at every step, when those tokens are few.
         window = stop_window(stops)
-        # a stop ends generation through any token that starts with it (" the" under " "):
-        # read them all, when they are few
         starters = self._stop_starters(stops) if stops else {}
-        fast = all(ids is None or len(ids) == 1 for ids in stop_ids.values()) and len(starters) <= 512
+        one_token = all(ids is None or len(ids) == 1 for ids in map(self._encode_value, stops))
+        fast = one_token and len(starters) <= 512
         read_ids = [eos, *sorted(starters)] if fast else [eos]
         read_pos = {t: k for k, t in enumerate(read_ids)}
         read_t = torch.tensor(read_ids, dtype=torch.long)
@@ -670,7 +669,7 @@ class LanguageModel:
         if fast:
             for i, (text, reason) in enumerate(results):
                 log_probs[i] = self._sampled_log_prob(
-                    text, reason, generated[i], cum[i], reads[i], read_pos, stop_ids, stops, max_tokens
+                    text, reason, generated[i], cum[i], reads[i], read_pos, stops, max_tokens
                 )
         rest = [i for i in range(n) if log_probs[i] is None]
         if rest:  # BPE paths that are not canonical, multi-token stops: score them
@@ -689,7 +688,7 @@ class LanguageModel:
             for i, ((text, reason), lp_i) in enumerate(zip(results, log_probs, strict=True))
         ]
 
-    def _sampled_log_prob(self, text, reason, generated, cum, reads, read_pos, stop_ids, stops, max_tokens):
+    def _sampled_log_prob(self, text, reason, generated, cum, reads, read_pos, stops, max_tokens):
         """``score`` of ``text`` from the sampling pass, or ``None`` when the sampled path is not canonical."""
         ids = self._encode_value(text)
         if ids is None:
